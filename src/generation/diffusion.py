@@ -45,9 +45,9 @@ class DiffusionModel:
             scheduler = DDIMScheduler.from_config(scheduler.config)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
-        self.unet = unet.to(self.device, self.dtype).eval().requires_grad_(False)
-        self.text_encoder = text_encoder.to(self.device, self.dtype).eval().requires_grad_(False)
-        self.vae = vae.to(self.device, self.dtype).eval().requires_grad_(False) if vae is not None else None
+        self.unet = self._place(unet)
+        self.text_encoder = self._place(text_encoder)
+        self.vae = self._place(vae) if vae is not None else None
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.num_inference_steps = int(num_inference_steps)
@@ -59,6 +59,12 @@ class DiffusionModel:
             image_size = sample * self.vae_scale if self.vae is not None else sample
         self.image_size = int(image_size)
         self.scheduler.set_timesteps(self.num_inference_steps, device=self.device)
+
+    def _place(self, module):
+        module = module.to(self.device)
+        if next(module.parameters()).dtype != self.dtype:
+            module = module.to(self.dtype)
+        return module.eval().requires_grad_(False)
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -41,9 +41,7 @@ def clip_tokenizer_folder() -> str:
 def clip_tokenizer(max_length: int = 77):
     from transformers import CLIPTokenizer
 
-    folder = clip_tokenizer_folder()
-    return CLIPTokenizer(vocab_file=f"{folder}/vocab.json", merges_file=f"{folder}/merges.txt",
-                         model_max_length=max_length)
+    return CLIPTokenizer.from_pretrained(clip_tokenizer_folder(), model_max_length=max_length)
 
 
 def tiny_diffusion(latent: bool = True, prediction_type: str = "epsilon", image_size: int = 32,
