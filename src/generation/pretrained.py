@@ -27,6 +27,9 @@ def load_pretrained(loader: Callable[[str], T], model_id: str, config_key: str) 
             f"{config_key}={model_id!r} is not a local folder and HF_HUB_OFFLINE is set; "
             f"download it elsewhere and set {config_key}=/path/to/local/copy"
         )
+    from src.hub import require_hub
+
+    require_hub(model_id, config_key)  # fails at once when the hub is unreachable
     try:
         return loader(str(Path(model_id).expanduser()) if is_local else model_id)
     except Exception as err:  # noqa: BLE001 - any loader failure becomes one actionable message

@@ -100,3 +100,13 @@ def tiny_masked_lm(words: list[str], seed: int = 0, folder: str | None = None):
     model = BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
                                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=128))
     return model.eval(), tok
+
+
+def tiny_clip_encoder(seed: int = 0, image_size: int = 32, device: str = "cpu"):
+    """A `ClipEncoder` around `tiny_open_clip` (random weights: scores are meaningless)."""
+    from src.generation.clip_model import ClipEncoder
+
+    model, tokenizer = tiny_open_clip(seed, image_size)
+    enc = ClipEncoder(model=model, tokenizer=tokenizer, image_size=image_size, device=device)
+    enc.model_id = f"tiny-open-clip-seed{seed}"
+    return enc
