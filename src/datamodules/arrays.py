@@ -17,7 +17,7 @@ class ArrayImageDataset(Dataset):
         if images.dtype != np.uint8 or images.ndim != 4:
             raise ValueError(f"images must be N x H x W x C uint8, got {images.dtype} {images.shape}")
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)  # N C H W, no copy
-        self.labels = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+        self.labels = torch.tensor(np.array(labels), dtype=torch.long)
         self.transform = transform
 
     def __len__(self) -> int:

@@ -33,7 +33,7 @@ class SmallCNN(nn.Module):
     counterfactual-filter explainer reads; `forward_features` returns its feature map.
     """
 
-    def __init__(self, num_classes: int = 8, in_chans: int = 3, widths=(32, 64, 128), input_size: int = 32,
+    def __init__(self, num_classes: int = 8, in_chans: int = 3, widths=(16, 32, 64), input_size: int = 32,
                  dropout: float = 0.1, mean=WORLD_MEAN, std=WORLD_STD) -> None:
         super().__init__()
         layers, c = [], in_chans
