@@ -27,12 +27,15 @@ for evaluating 1000-way classifiers.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 from pathlib import Path
 
 from src.datamodules.image_folder import ImageFileDataModule, holdout_split
 from src.datamodules.image_io import DEFAULT_MAX_PIXELS, is_image_file
+
+log = logging.getLogger(__name__)
 
 # (ImageNet-1k index, wnid, class name) -- the 15 Hard ImageNet classes in the paper's order.
 HARD_IMAGENET: tuple[tuple[int, str, str], ...] = (
@@ -149,6 +152,8 @@ def scan_imagenet_folder(root: Path, label_file: str | None) -> list[tuple[str, 
     if not root.is_dir():
         raise FileNotFoundError(f"{root} is not a directory (expected an ImageNet val folder)")
     if any((root / w).is_dir() for w in WNID_TO_LABEL):
+        if label_file is not None:
+            log.warning("%s has wnid folders; data.label_file=%s is not used", root, label_file)
         return scan_wnid_folders(root)
     if label_file is None:
         found = [p for p in (root / LOC_FILE, root.parent / LOC_FILE) if p.is_file()]

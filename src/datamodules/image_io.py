@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -239,7 +238,3 @@ def skip_bad_collate(batch: list[dict | None]) -> dict:
     if not kept:
         raise BadImageError(f"all {len(batch)} images of a batch failed to load (see the warnings above)")
     return default_collate(kept)
-
-
-def relative_to(path: str | Path, root: str | Path) -> str:
-    return os.path.relpath(os.fspath(path), os.fspath(root))
