@@ -22,8 +22,8 @@ def world_vocabulary() -> dict[str, list[list[str]]]:
     return vocab
 
 
-def _find(caption: str, phrase: str) -> re.Match | None:
-    return re.search(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", caption)
+def _matches(caption: str, phrase: str) -> list[tuple[int, int]]:
+    return [m.span() for m in re.finditer(rf"(?<![\w-]){re.escape(phrase)}(?![\w-])", caption)]
 
 
 class RulePerturber:
@@ -37,19 +37,28 @@ class RulePerturber:
         rng = np.random.default_rng(seed)
         if not caption or not caption.strip():
             return [Rejection(edit_type, caption, "empty caption")] * num_edits
-        # Every (present phrase, replacement) pair of this edit type; longest phrases win overlaps.
+        # A phrase counts only where it is not part of a longer vocabulary phrase ('green' in 'on green grass').
+        spans = {p: _matches(caption, p) for groups in self.vocabulary.values() for g in groups for p in g}
+        every = [(a, b) for v in spans.values() for a, b in v]
+
+        def free(p: str) -> tuple[int, int] | None:
+            for a, b in spans.get(p, []):
+                if not any(a2 <= a and b <= b2 and (b2 - a2) > (b - a) for a2, b2 in every):
+                    return a, b
+            return None
+
         options = []
         for group in self.vocabulary.get(edit_type, []):
-            present = [p for p in sorted(group, key=len, reverse=True) if _find(caption, p)]
+            present = [p for p in sorted(group, key=len, reverse=True) if free(p)]
             if present:
-                options += [(present[0], q) for q in group if q != present[0] and q not in present]
+                options += [(present[0], q) for q in group if q not in present]
         if not options:
             return [Rejection(edit_type, caption, f"no {edit_type} phrase of the vocabulary in caption")] * num_edits
         out: list[CaptionEdit | Rejection] = []
         for idx in rng.permutation(len(options))[:num_edits]:
             before, after = options[int(idx)]
-            m = _find(caption, before)
-            edited = caption[: m.start()] + after + caption[m.end():]
+            a, b = free(before)
+            edited = caption[:a] + after + caption[b:]
             out.append(CaptionEdit(edit_type, caption, edited, before, after, source=self.name))
         while len(out) < num_edits:
             out.append(Rejection(edit_type, caption, "vocabulary exhausted"))
