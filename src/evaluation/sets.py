@@ -28,18 +28,19 @@ RECONSTRUCTION = "reconstruction"
 # Column names of the generation manifest, with the aliases we accept (first present wins).
 MANIFEST_COLUMNS: dict[str, tuple[str, ...]] = {
     "id": ("id",),
-    "path": ("path", "image_path", "image", "file"),
+    "path": ("image_path", "path", "image", "file"),
     "source_id": ("source_id",),
     "source_path": ("source_path", "source_image", "source"),
     "source_sha256": ("source_sha256",),
-    "sha256": ("sha256", "image_sha256"),
+    "sha256": ("image_sha256", "sha256"),
     "label": ("label", "label_index", "y"),
     "edit_type": ("edit_type",),
     "caption": ("caption", "source_caption", "original_caption"),
+    "label_name": ("label_name",),
     "edited_caption": ("edited_caption", "edit_caption", "caption_edited"),
     "original_words": ("original_words", "original_phrase"),
     "edited_words": ("edited_words", "edited_phrase"),
-    "accepted": ("accepted", "kept"),
+    "accepted": ("status", "accepted", "kept"),  # status == "accepted" (generation manifest) or a bool
     "reason": ("reason", "rejection_reason"),
 }
 
@@ -80,7 +81,8 @@ class ImageSet:
             if self.array is not None:
                 shas = [sha256_of_array(im) for im in self.array]
             else:
-                shas = [sha256_of_file(p) for p in self.paths]  # type: ignore[union-attr]
+                shas = [sha256_of_array(load_image(p)) if isinstance(p, WorldImageRef) else sha256_of_file(p)
+                        for p in self.paths]  # type: ignore[union-attr]
             self.records = self.records.assign(sha256=shas)
 
     def __len__(self) -> int:
@@ -99,13 +101,31 @@ class ImageSet:
         indices = np.asarray(indices, dtype=np.int64)
         if self.array is not None:
             return self.array[indices]
-        from PIL import Image
-
-        out = []
-        for i in indices:
-            with Image.open(self.paths[i]) as im:  # type: ignore[index]
-                out.append(np.asarray(im.convert("RGB")))
+        out = [load_image(self.paths[i]) for i in indices]  # type: ignore[index]
         return np.stack(out) if out else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+@dataclass(frozen=True)
+class WorldImageRef:
+    """Image `index` of a rendered world split in the cache (`world:<spec key>/<split>/<index>`)."""
+
+    npz: Path
+    index: int
+
+
+_WORLD_ARRAYS: dict[Path, np.ndarray] = {}
+
+
+def load_image(ref) -> np.ndarray:
+    if isinstance(ref, WorldImageRef):
+        if ref.npz not in _WORLD_ARRAYS:
+            with np.load(ref.npz) as z:
+                _WORLD_ARRAYS[ref.npz] = z["images"]
+        return _WORLD_ARRAYS[ref.npz][ref.index]
+    from PIL import Image
+
+    with Image.open(ref) as im:
+        return np.asarray(im.convert("RGB"))
 
 
 @dataclass
@@ -176,62 +196,94 @@ def _resolve_inside(folder: Path, rel) -> Path | None:
     return full
 
 
+def _read_manifest(folder: Path) -> pd.DataFrame:
+    try:  # the generation engine's reader also merges the parts of an unfinished run
+        from src.generation.manifest import read_manifest
+    except ImportError:  # pragma: no cover - evaluation without the generation package
+        read_manifest = None
+    if read_manifest is not None:
+        return read_manifest(folder)
+    if not (folder / "manifest.parquet").is_file():
+        raise FileNotFoundError(f"counterfactual set {folder} has no manifest.parquet")
+    return pd.read_parquet(folder / "manifest.parquet")
+
+
+def _resolve_source(ref, roots: list[Path], world_cache: Path | None) -> tuple[object | None, str | None]:
+    """(image reference, None) or (None, why it cannot be read)."""
+    if ref is None or (isinstance(ref, float) and np.isnan(ref)) or str(ref) == "":
+        return None, "has no source path"
+    ref = str(ref)
+    if ref.startswith("world:"):
+        try:
+            key, split, index = ref[len("world:"):].split("/")
+            npz = (world_cache / f"world-{key}" / f"{split}.npz") if world_cache else None
+        except ValueError:
+            return None, f"source {ref!r} is not world:<key>/<split>/<index>"
+        if npz is None or not npz.is_file():
+            return None, f"source {ref!r}: world split not rendered in {world_cache} (evaluate with the same data= settings)"
+        return WorldImageRef(npz, int(index)), None
+    for root in roots:
+        p = _resolve_inside(root, ref)
+        if p is not None:
+            return (p, None) if p.is_file() else (None, f"source image {p} is missing")
+    return None, (f"source path {ref!r} escapes {' and '.join(map(str, roots))} "
+                  f"(set evaluation.source_root to the folder holding the sources)")
+
+
 def manifest_paired_set(folder: str | Path, num_classes: int, on_bad_row: str = "error", name: str | None = None,
-                        source_root: str | Path | None = None) -> PairedSet:
+                        source_root: str | Path | None = None, world_cache: str | Path | None = None) -> PairedSet:
     """Read a generated set: accepted edit rows, their sources, and reconstruction rows.
 
-    Source image paths resolve inside the set folder, or inside `source_root` when given (sources
-    kept in a dataset folder next to the set). Nothing outside those folders is ever read.
+    Image paths must resolve inside the set folder. Sources are world references
+    (`world:<key>/<split>/<i>`, read from the rendered world in `world_cache`) or files inside the set
+    folder or `source_root`. Nothing outside those folders is ever read.
     """
     if on_bad_row not in ON_BAD_ROW:
         raise ValueError(f"evaluation.on_bad_row={on_bad_row!r}; expected one of {ON_BAD_ROW}")
     folder = Path(folder)
     manifest = folder / "manifest.parquet"
-    if not manifest.is_file():
-        raise FileNotFoundError(f"counterfactual set {folder} has no manifest.parquet")
-    df = pd.read_parquet(manifest)
-    c = {k: _column(df, k, manifest, required=k in ("id", "path", "source_id", "label", "edit_type"))
+    df = _read_manifest(folder)
+    c = {k: _column(df, k, manifest, required=k in ("id", "path", "source_id", "source_path", "label", "edit_type"))
          for k in MANIFEST_COLUMNS}
     if c["accepted"] is not None:
-        df = df[df[c["accepted"]].astype(bool)]
+        flag = df[c["accepted"]]
+        df = df[(flag.astype(str) == "accepted") if flag.dtype == object else flag.astype(bool)]
     df = df.reset_index().rename(columns={"index": "manifest_row"})
-    source_folder = Path(source_root) if source_root else folder
+    roots = [folder] + ([Path(source_root)] if source_root else [])
+    wcache = Path(world_cache) if world_cache else None
 
-    problems: list[tuple[int, str, str]] = []  # (manifest row, id, reason)
+    problems: list[tuple[int, str, str, str]] = []  # (manifest row, id, kind, reason)
     image_paths: list[Path | None] = []
-    source_paths: list[Path | None] = []
-    for _, row in df.iterrows():
+    source_refs: list[object | None] = []
+    resolved_sources: dict[str, tuple[object | None, str | None]] = {}
+    for row in df.to_dict("records"):
         rid, mrow = str(row[c["id"]]), int(row["manifest_row"])
         label = row[c["label"]]
         if pd.isna(label) or not 0 <= int(label) < num_classes:
-            problems.append((mrow, rid, f"label {label} out of range [0, {num_classes})"))
+            problems.append((mrow, rid, "label", f"label {label} out of range [0, {num_classes})"))
         p = _resolve_inside(folder, row[c["path"]])
         if p is None:
-            problems.append((mrow, rid, f"path {row[c['path']]!r} escapes the set folder {folder}"))
+            problems.append((mrow, rid, "path", f"image path {row[c['path']]!r} is empty or escapes the set folder {folder}"))
         elif not p.is_file():
-            problems.append((mrow, rid, f"image {p} is missing"))
+            problems.append((mrow, rid, "missing", f"image {p} is missing"))
         image_paths.append(p)
-        sp = None
-        if c["source_path"] is not None:
-            sp = _resolve_inside(source_folder, row[c["source_path"]])
-            if sp is None:
-                problems.append((mrow, rid, f"source path {row[c['source_path']]!r} escapes {source_folder}"))
-            elif not sp.is_file():
-                problems.append((mrow, rid, f"source image {sp} is missing"))
-        source_paths.append(sp)
-    if c["source_path"] is None:
-        raise BadRowsError(f"{manifest}: no source image column (looked for {MANIFEST_COLUMNS['source_path']})")
+        sref = str(row[c["source_path"]])
+        if sref not in resolved_sources:
+            resolved_sources[sref] = _resolve_source(row[c["source_path"]], roots, wcache)
+        ref, why = resolved_sources[sref]
+        if why:
+            problems.append((mrow, rid, "source", why))
+        source_refs.append(ref)
 
-    bad = sorted({r for r, _, _ in problems})
+    bad = sorted({r for r, _, _, _ in problems})
     skipped: dict[str, int] = {}
     if problems:
-        listing = "; ".join(f"row {r} (id={i}): {why}" for r, i, why in problems[:20])
+        listing = "; ".join(f"row {r} (id={i}): {why}" for r, i, _, why in problems[:20])
         more = f" ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         if on_bad_row == "error":
             raise BadRowsError(f"{manifest}: {len(bad)} bad rows: {listing}{more}. "
                                f"Fix them, or set evaluation.on_bad_row=skip to skip and count them.")
-        for _, _, why in problems:
-            kind = why.split(" ")[0] if not why.startswith("source") else "source " + why.split(" ")[1]
+        for _, _, kind, _ in problems:
             skipped[kind] = skipped.get(kind, 0) + 1
         log.warning("%s: skipping %d bad rows: %s%s", manifest, len(bad), listing, more)
     keep = ~df["manifest_row"].isin(bad).to_numpy()
@@ -248,25 +300,25 @@ def manifest_paired_set(folder: str | Path, num_classes: int, on_bad_row: str = 
         for key in ("caption", "edited_caption", "original_words", "edited_words", "sha256"):
             if c[key] is not None:
                 out[key] = sub[c[key]].to_numpy()
+        if "sha256" in out and out["sha256"].isna().any():
+            out = out.drop(columns="sha256")  # recomputed from the files
         return out
 
+    set_name = name or folder.name
     is_recon = (df[c["edit_type"]].astype(str) == RECONSTRUCTION).to_numpy()
     edit_mask, recon_mask = keep & ~is_recon, keep & is_recon
-    edits_df = frame(edit_mask)
-    edits = ImageSet(name or folder.name, edits_df, paths=[p for p, m in zip(image_paths, edit_mask) if m])
+    edits = ImageSet(set_name, frame(edit_mask), paths=[p for p, m in zip(image_paths, edit_mask) if m])
     recon_df = frame(recon_mask)
-    reconstructions = (ImageSet(f"{name or folder.name}/reconstruction", recon_df,
+    reconstructions = (ImageSet(f"{set_name}/reconstruction", recon_df,
                                 paths=[p for p, m in zip(image_paths, recon_mask) if m]) if len(recon_df) else None)
 
     # Sources: one row per distinct source id among kept rows.
     src_rows = df[keep].drop_duplicates(subset=[c["source_id"]])
-    src_paths = [source_paths[i] for i in src_rows.index]  # df has a positional index
     src_df = pd.DataFrame({"id": src_rows[c["source_id"]].astype(str).to_numpy(),
                            "label": src_rows[c["label"]].astype(np.int64).to_numpy()})
     if c["caption"] is not None:
         src_df["caption"] = src_rows[c["caption"]].to_numpy()
-    if c["source_sha256"] is not None:
+    if c["source_sha256"] is not None and src_rows[c["source_sha256"]].notna().all():
         src_df["sha256"] = src_rows[c["source_sha256"]].to_numpy()
-    sources = ImageSet(f"{name or folder.name}/sources", src_df, paths=src_paths)
-    skipped_total = {**skipped, "rows": len(bad)} if bad else {}
-    return PairedSet(name or folder.name, sources, edits, reconstructions, skipped=skipped_total)
+    sources = ImageSet(f"{set_name}/sources", src_df, paths=[source_refs[i] for i in src_rows.index])
+    return PairedSet(set_name, sources, edits, reconstructions, skipped={**skipped, "rows": len(bad)} if bad else {})

@@ -63,9 +63,13 @@ class EvaluationResult:
 
 
 def parse_set_entry(entry: str) -> tuple[str | None, str]:
-    """`LANCE=/path/to/set` names a set; a bare path is named after its folder."""
-    name, sep, path = str(entry).partition("=")
-    return (name, path) if sep and "/" not in name else (None, str(entry))
+    """`LANCE:/path/to/set` (or `LANCE=/path`, quoted on the command line) names a set; a bare path is
+    named after its folder."""
+    for sep in ("=", ":"):
+        name, found, path = str(entry).partition(sep)
+        if found and name and "/" not in name and "\\" not in name:
+            return name, path
+    return None, str(entry)
 
 
 def settings_from(cfg: DictConfig) -> EvaluationSettings:
@@ -105,7 +109,8 @@ def run_evaluation(cfg: DictConfig) -> tuple[dict, dict]:
         paired.append(world_paired_set(datamodule, name="oracle"))
     for entry in cfg.get("counterfactuals") or []:
         name, path = parse_set_entry(entry)
-        paired.append(manifest_paired_set(path, n_classes, settings.on_bad_row, name=name, source_root=settings.source_root))
+        paired.append(manifest_paired_set(path, n_classes, settings.on_bad_row, name=name, source_root=settings.source_root,
+                                          world_cache=cfg.paths.get("cache_dir")))
     results = []
     for ps in paired:
         src = predictor.predict(ps.sources, desc=f"predict {ps.name} sources")
