@@ -152,3 +152,29 @@ def test_builder_from_captions_with_a_perturber(tmp_path):
     assert sum(len(r["edits"]) for r in records) == 3 and len(records) == 3
     assert rejected == {"changes more than one phrase": 3, "touches the label": 3}
     assert all(r["label"] == "square" and r["edits"][0].endswith("with a cat") for r in records)
+
+
+def test_score_perturber_counts_each_criterion():
+    from src.generation.caption_edits_builder import score_perturber
+
+    class OnePerRecord:
+        name = "scripted"
+
+        def __init__(self, outputs):
+            self.outputs = iter(outputs)
+
+        def perturb(self, caption, edit_type, *, label=None, num_edits=1, seed=0):
+            return [next(self.outputs)]
+
+    cap = "a photo of a red star on white snow with a dog"
+    rec = {"caption": cap, "edit_type": "subject", "label": "star", "type_phrases": ["with a dog"]}
+    outputs = [
+        CaptionEdit("subject", cap, cap.replace("dog", "cat"), "dog", "cat"),        # success
+        CaptionEdit("subject", cap, cap.replace("red", "blue"), "red", "blue"),      # wrong type
+        Rejection("subject", cap, "touches the label", edited_caption=cap.replace("star", "heart")),
+        Rejection("subject", cap, "no caption found in the output"),                # did not parse
+    ]
+    summary, scores = score_perturber(OnePerRecord(outputs), [rec] * 4)
+    assert [s.success for s in scores] == [True, False, False, False]
+    assert summary == {"edit_parsed": 0.75, "edit_one_phrase": 0.75, "edit_right_type": 0.25,
+                       "edit_label_safe": 0.5, "edit_success": 0.25}
