@@ -268,3 +268,15 @@ def test_configs_compose_and_match_their_targets():
     from omegaconf import OmegaConf
 
     check_targets(OmegaConf.load(ROOT / "conf" / "generation" / "perturber" / "llm.yaml"), "generation.perturber")
+
+
+def test_teacher_prompt_asks_for_a_numbered_list(tokenizer):
+    p = _perturber(tokenizer, prompt_style="teacher", do_sample=False)
+    prompt = p.prompt(CAP, "domain", label="star", num_edits=4)  # no chat template: plain role turns
+    assert prompt.endswith("ASSISTANT:") and "Number of edits: 4" in prompt and "'star'" in prompt
+    assert "1. a man riding a brown horse in a snowy forest" in prompt  # the worked example
+    gens = [Generation("Sure:\n1. " + CAP.replace("a photo", "a sketch") + "\n2. " + CAP.replace("a photo", "a painting"), False)]
+    out = p.select(CAP, "domain", gens, label="star", num_edits=2)
+    assert [(e.original_words, e.edited_words) for e in out] == [("photo", "sketch"), ("photo", "painting")]
+    with pytest.raises(ValueError, match="prompt_style"):
+        _perturber(tokenizer, prompt_style="chat")
