@@ -280,3 +280,13 @@ def test_teacher_prompt_asks_for_a_numbered_list(tokenizer):
     assert [(e.original_words, e.edited_words) for e in out] == [("photo", "sketch"), ("photo", "painting")]
     with pytest.raises(ValueError, match="prompt_style"):
         _perturber(tokenizer, prompt_style="chat")
+
+
+@pytest.mark.hub
+def test_small_instruct_model_from_the_hub_as_teacher():
+    """Run with network: HF_HUB_OFFLINE=0 pytest -m hub tests/test_perturber_lora.py"""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false"):
+        pytest.skip("needs the Hugging Face hub")
+    p = LLMPerturber("Qwen/Qwen2.5-0.5B-Instruct", prompt_style="teacher", do_sample=False, max_new_tokens=96, dtype="float32")
+    out = p.perturb(CAP, "background", label="star", num_edits=2)
+    assert len(out) == 2 and any(isinstance(r, CaptionEdit) for r in out), out
