@@ -13,8 +13,12 @@ counts batched forward calls; "UNet samples" counts batch rows (what a GPU pays 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from src.generation.captioner_ground_truth import GroundTruthCaptioner
 from src.generation.consistency import ClipConsistency

@@ -63,8 +63,17 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _clean(v, type_: pa.DataType):
+    """Rows read back through pandas carry NaN for missing strings/ints; arrow wants None there."""
+    if v is None or (isinstance(v, float) and v != v and not pa.types.is_floating(type_)):
+        return None
+    if hasattr(v, "item") and not isinstance(v, (str, bytes)):
+        v = v.item()  # numpy scalars
+    return v
+
+
 def _table(rows: list[dict]) -> pa.Table:
-    cols = {name: [r.get(name) for r in rows] for name in COLUMNS}
+    cols = {f.name: [_clean(r.get(f.name), f.type) for r in rows] for f in SCHEMA}
     return pa.Table.from_pydict(cols, schema=SCHEMA)
 
 

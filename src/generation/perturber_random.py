@@ -51,7 +51,7 @@ class RandomWordPerturber:
             cands = []
             for tid in logits.topk(min(self.top_k * 3, logits.numel())).indices.tolist():
                 w = self.tokenizer.convert_ids_to_tokens(tid)
-                if re.fullmatch(r"[a-z]+", w) and w != words[i].lower() and w not in STOP_WORDS and w not in label_words:
+                if w and re.fullmatch(r"[a-z]+", w) and w != words[i].lower() and w not in STOP_WORDS and w not in label_words:
                     cands.append(w)
                 if len(cands) == self.top_k:
                     break

@@ -80,7 +80,7 @@ class ImageFolderSource:
             import pandas as pd
 
             df = pd.read_csv(self.root / "captions.csv")
-            self.captions = dict(zip(df["path"].astype(str), df["caption"].astype(str)))
+            self.captions = dict(zip(df["path"].astype(str), df["caption"].fillna("").astype(str)))
 
     def __len__(self) -> int:
         return len(self.files)

@@ -95,7 +95,7 @@ def tiny_masked_lm(words: list[str], seed: int = 0, folder: str | None = None):
     special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     vocab = special + sorted(set(w.lower() for w in words) - set(special))
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tok = BertTokenizer(vocab_file=str(folder / "vocab.txt"))
+    tok = BertTokenizer.from_pretrained(str(folder))  # transformers 5 ignores vocab_file= in the constructor
     torch.manual_seed(seed)
     model = BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
                                        num_attention_heads=2, intermediate_size=37, max_position_embeddings=128))
