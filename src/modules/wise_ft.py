@@ -122,6 +122,10 @@ class WiseFTModule(L.LightningModule):
         feature_cache_dir: str | None = None,
     ) -> None:
         super().__init__()
+        # Plain containers only: checkpoints are read back with weights_only=True.
+        test_split_names = [str(n) for n in test_split_names]
+        class_names = [str(n) for n in class_names] if class_names else None
+        alphas = [float(a) for a in alphas] if alphas is not None else None
         self.save_hyperparameters(ignore=["backbone", "optimizer"], logger=False)
         if selection not in SELECTIONS:
             raise ValueError(f"module.selection={selection!r}; expected one of {SELECTIONS}")

@@ -300,7 +300,7 @@ class RepairDataModule(L.LightningDataModule):
         self.chosen = {"edit_types": list(edit_types), "classes": list(classes) if classes else list(CLASSES)}
 
         def keep(data: ImageArraySet) -> ImageArraySet:
-            mask = data.records["edit_type"].isin(edit_types).to_numpy()
+            mask = data.records["edit_type"].isin(edit_types).to_numpy().copy()
             if classes:
                 mask &= np.isin(data.labels, [CLASSES.index(c) for c in classes])
             return data.subset(np.flatnonzero(mask), data.name)
