@@ -103,7 +103,7 @@ def test_outputs_written_and_cache_warm(world_run):
         cfg.paths.output_dir = str(out.parent / "run2")
         cfg.evaluation.report = False
     again, objects = run_evaluation(cfg)
-    assert objects["result"].cache == {"computed": 0, "cached": 400 + 400 + 2000}  # warm: nothing recomputed
+    assert objects["result"].cache == {"computed": 0, "cached": 2 * (400 + 2000)}  # warm: nothing recomputed
     assert again["oracle/delta_acc@1"] == metrics["oracle/delta_acc@1"]  # same seed, same CIs
     assert again["oracle/delta_acc@1/ci_low"] == metrics["oracle/delta_acc@1/ci_low"]
 
