@@ -82,11 +82,9 @@ def test_sweep_on_features_matches_the_module():
 class GuardedRepairDataModule(RepairDataModule):
     """Fails the run if any test split is touched outside `trainer.test`."""
 
-    touched: list = []
-
     def _guard(self, name: str) -> None:
         if name in self.test_split_names:
-            GuardedRepairDataModule.touched.append((name, self.trainer.state.fn))
+            self.__dict__.setdefault("touched", []).append((name, self.trainer.state.fn))
             if self.trainer.state.fn != TrainerFn.TESTING:
                 raise AssertionError(f"test split {name!r} read during {self.trainer.state.fn}")
 
@@ -99,33 +97,64 @@ class GuardedRepairDataModule(RepairDataModule):
         return super()._loader(name, train)
 
 
-def test_end_to_end_repair_improves_ood(tmp_path, world_cache):
-    base_cfg = compose_config("train", ["experiment=baseline", "~logger", "callbacks.progress_bar=null",
-                                        "trainer.max_epochs=3", "data.batch_size=64", *WORLD], tmp_path / "base", world_cache)
-    base_metrics, _ = run_training(base_cfg)
-    clf = tmp_path / "base" / "checkpoints" / "classifier.safetensors"
+def _random_classifier(path: Path) -> Path:
+    """An exported-format classifier (random weights): enough to check the wiring quickly."""
+    import json
 
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = SmallCNN(num_classes=8)
+    meta = {"model": json.dumps({"_target_": "src.modules.backbones.create_backbone", "name": "small_cnn",
+                                 "pretrained": False, "checkpoint_path": None, "input_size": 32}),
+            "class_names": json.dumps(["circle", "square", "triangle", "star", "cross", "heart", "ring", "arrow"]),
+            "num_classes": "8"}
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path), metadata=meta)
+    return path
+
+
+def _repair(clf: Path, out: Path, world_cache: Path, world: list[str], extra: list[str]):
     overrides = ["experiment=wise_ft", "~logger", "callbacks.progress_bar=null", f"module.classifier_path={clf}",
-                 "data._target_=tests.test_wise_ft.GuardedRepairDataModule", "data.n_heldout=384",
-                 "trainer.max_epochs=15", "callbacks.early_stopping.patience=3", *WORLD]
-    cfg = compose_config("train", overrides, tmp_path / "repair", world_cache)
-    GuardedRepairDataModule.touched = []
+                 "data._target_=tests.test_wise_ft.GuardedRepairDataModule", *world, *extra]
+    cfg = compose_config("train", overrides, out, world_cache)
     metrics, objects = run_training(cfg)
-    module = objects["module"]
+    # test splits were read only by trainer.test, never by training or alpha selection
+    touched = objects["datamodule"].__dict__.get("touched", [])
+    assert touched and all(fn == TrainerFn.TESTING for _, fn in touched)
+    return metrics, objects["module"]
 
-    # test splits were read only by trainer.test
-    assert GuardedRepairDataModule.touched and all(fn == TrainerFn.TESTING for _, fn in GuardedRepairDataModule.touched)
+
+def _check_frozen_and_exported(module, clf: Path, out: Path) -> None:
     # the backbone body is bit-identical to the classifier it started from (weights and BN buffers)
     start = load_file(str(clf))
     for k, v in module.backbone.state_dict().items():
         if not k.startswith("fc."):
             assert torch.equal(v, start[k]), k
-    # the exported model is the interpolated one, θ(α) = (1−α)·θ₀ + α·θ₁
+    # the exported model is the interpolated one, θ(α) = (1−α)·θ₀ + α·θ₁, and θ₀ is the trained head
     alpha = float(module.alpha)
-    exported = load_file(str(tmp_path / "repair" / "checkpoints" / "classifier.safetensors"))
+    torch.testing.assert_close(module.head_init.weight, start["fc.weight"])
+    exported = load_file(str(out / "checkpoints" / "classifier.safetensors"))
     torch.testing.assert_close(exported["fc.weight"], torch.lerp(module.head_init.weight, module.head_finetuned.weight, alpha))
-    assert alpha in alpha_grid() and (tmp_path / "repair" / "alpha_sweep_val.csv").is_file()
-    assert (tmp_path / "repair" / "alpha_sweep_test.csv").is_file()
+    assert alpha in alpha_grid() and (out / "alpha_sweep_val.csv").is_file() and (out / "alpha_sweep_test.csv").is_file()
+
+
+def test_repair_wiring_on_a_tiny_world(tmp_path, world_cache):
+    clf = _random_classifier(tmp_path / "clf.safetensors")
+    world = ["data.n_train=256", "data.n_val=64", "data.n_test=64", "data.n_heldout=64"]
+    metrics, module = _repair(clf, tmp_path / "repair", world_cache, world, ["trainer.max_epochs=2"])
+    _check_frozen_and_exported(module, clf, tmp_path / "repair")
+    assert not torch.equal(module.head_finetuned.weight, module.head_init.weight)  # the head did train
+    assert {"test_hybrid/acc@1", "test_counterfactual/acc@1", "test_ood/worst_class_acc"} <= set(metrics)
+
+
+@pytest.mark.slow
+def test_end_to_end_repair_improves_ood(tmp_path, world_cache):
+    base_cfg = compose_config("train", ["experiment=baseline", "~logger", "callbacks.progress_bar=null",
+                                        "trainer.max_epochs=3", "data.batch_size=64", *WORLD], tmp_path / "base", world_cache)
+    base_metrics, _ = run_training(base_cfg)
+    clf = tmp_path / "base" / "checkpoints" / "classifier.safetensors"
+    metrics, module = _repair(clf, tmp_path / "repair", world_cache, [*WORLD, "data.n_heldout=384"],
+                              ["trainer.max_epochs=15", "callbacks.early_stopping.patience=3"])
+    _check_frozen_and_exported(module, clf, tmp_path / "repair")
     # the repair helps where the planted cue misleads
     assert metrics["test_ood/acc@1"] > base_metrics["test_ood/acc@1"] + 0.01, (metrics, base_metrics)
-    assert {"test_hybrid/acc@1", "test_counterfactual/acc@1", "test_ood/worst_class_acc"} <= set(metrics)
