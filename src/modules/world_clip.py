@@ -1,0 +1,132 @@
+"""world_clip: a small open_clip CLIP trained contrastively on Counterfactory World (image, caption) pairs.
+
+The model is a plain `open_clip.model.CLIP` built from a config dict (small ViT image tower, causal text
+transformer, open_clip's bundled BPE tokenizer) and exported in open_clip's own hub layout
+(`open_clip_config.json` + `open_clip_model.safetensors`), so `open_clip.create_model("local-dir:<folder>")`
+loads it the way it loads `hf-hub:` models.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+log = logging.getLogger(__name__)
+
+# Same normalisation as OpenAI CLIP, so `src.generation.clip_model.ClipEncoder` feeds it correctly.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def build_clip(embed_dim: int, vision_cfg: dict, text_cfg: dict):
+    from open_clip.model import CLIP
+
+    return CLIP(embed_dim=embed_dim, vision_cfg=dict(vision_cfg), text_cfg=dict(text_cfg))
+
+
+def save_open_clip_folder(model, model_cfg: dict, folder: str | Path) -> Path:
+    """Write `model` in open_clip's hub layout (config with model_cfg/preprocess_cfg + safetensors)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    image_size = model_cfg["vision_cfg"]["image_size"]
+    config = {"model_cfg": model_cfg,
+              "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bicubic",
+                                 "resize_mode": "shortest", "size": image_size}}
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=2))
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "open_clip_model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+class WorldClipModule(L.LightningModule):
+    """Symmetric InfoNCE (open_clip's `ClipLoss`) with a learned temperature."""
+
+    def __init__(self, embed_dim: int, vision_cfg: dict, text_cfg: dict, optimizer: Callable,
+                 scheduler: Callable | None = None, class_names: Sequence[str] | None = None,
+                 export_dir: str | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        from open_clip import ClipLoss
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self.model_cfg = {"embed_dim": int(embed_dim), "vision_cfg": dict(vision_cfg), "text_cfg": dict(text_cfg)}
+        self.model = build_clip(embed_dim, vision_cfg, text_cfg)
+        self.tokenizer = SimpleTokenizer(context_length=int(text_cfg.get("context_length", 77)))
+        self.loss = ClipLoss()
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.class_names = list(class_names) if class_names else None
+        self.export_dir = export_dir
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    def encode(self, images: torch.Tensor, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit-norm features of images in [0, 1] and of captions."""
+        x = (images - self.mean) / self.std
+        tokens = self.tokenizer(list(captions)).to(self.device)
+        img = F.normalize(self.model.encode_image(x), dim=-1)
+        txt = F.normalize(self.model.encode_text(tokens), dim=-1)
+        return img, txt
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        img, txt = self.encode(batch["image"], batch["caption"])
+        scale = self.model.logit_scale.exp()
+        loss = self.loss(img, txt, scale)
+        with torch.no_grad():
+            sims = img @ txt.T
+            target = torch.arange(len(img), device=self.device)
+            i2t = (sims.argmax(1) == target).float().mean()
+        bs = len(img)
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs)
+        self.log(f"{stage}/i2t_acc", i2t, prog_bar=stage != "train", batch_size=bs)
+        self.log(f"{stage}/logit_scale", scale, batch_size=bs)
+        if stage != "train" and self.class_names:
+            self.log(f"{stage}/zero_shot_acc", self._zero_shot(img, batch["label"]), prog_bar=True, batch_size=bs)
+        return loss
+
+    def _zero_shot(self, img: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        prompts = [f"a photo of a {c}" for c in self.class_names]
+        txt = F.normalize(self.model.encode_text(self.tokenizer(prompts).to(self.device)), dim=-1)
+        return ((img @ txt.T).argmax(1) == labels).float().mean()
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        # Keep the temperature in open_clip's range (it clamps to ln 100 during its own training).
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(0, 4.6052)
+
+    def on_fit_end(self) -> None:
+        if self.export_dir and not self.trainer.fast_dev_run:
+            path = save_open_clip_folder(self.model, self.model_cfg, self.export_dir)
+            log.info("exported world_clip to %s", path)
+
+    def configure_optimizers(self) -> Any:
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        return with_scheduler(self, optimizer, self.scheduler_factory)
+
+
+def with_scheduler(module: L.LightningModule, optimizer, scheduler_factory: Callable | None) -> Any:
+    """Optimizer alone, or with a per-step scheduler told the run's total steps (OneCycleLR and alike)."""
+    if scheduler_factory is None:
+        return optimizer
+    import inspect
+
+    kwargs = {}
+    if "total_steps" in inspect.signature(scheduler_factory.func).parameters:
+        kwargs["total_steps"] = max(1, int(module.trainer.estimated_stepping_batches))
+    scheduler = scheduler_factory(optimizer, **kwargs)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

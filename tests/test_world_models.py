@@ -1,0 +1,174 @@
+"""The world's mini models: committed weights load offline through the hub code paths and do their job
+(zero-shot class accuracy, reconstruction, an inversion + edit); the three train.py experiments run
+under fast_dev_run with tiny models built in code; world_clip's text tower converts exactly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src.world.grammar import CLASSES, Factors, VOCABULARY, caption
+from src.world.models import (WORLD_CLIP_PATH, WORLD_PIPELINE_PATH, WORLD_VAE_PATH, clip_tokenizer,
+                              load_world_clip, load_world_pipeline, text_encoder_from_open_clip)
+from src.world.renderer import WorldRenderer
+from tests.conftest import compose_config
+
+requires_clip = pytest.mark.skipif(not (WORLD_CLIP_PATH / "open_clip_config.json").is_file(),
+                                   reason="assets/world/clip not built")
+requires_vae = pytest.mark.skipif(not (WORLD_VAE_PATH / "config.json").is_file(), reason="assets/world/vae not built")
+requires_ldm = pytest.mark.skipif(not (WORLD_PIPELINE_PATH / "model_index.json").is_file(),
+                                  reason="assets/world/ldm not built")
+
+
+def fresh_renders(n: int, seed: int = 12345) -> tuple[np.ndarray, list[Factors]]:
+    """Independent-factor scenes from a seed no training split uses."""
+    rng = np.random.default_rng(seed)
+    renderer = WorldRenderer(32)
+    factors = [Factors(**{k: v[rng.integers(len(v))] for k, v in VOCABULARY.items()}) for _ in range(n)]
+    images = np.stack([renderer.render(f, int(rng.integers(2**31))) for f in factors])
+    return images, factors
+
+
+# ---------------------------------------------------------------------------------------------- world_clip
+@requires_clip
+def test_world_clip_zero_shot_class_accuracy(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # loading must not need the network
+    model, tokenizer, preprocess = load_world_clip()
+    images, factors = fresh_renders(64)
+    x = torch.stack([preprocess(Image.fromarray(a)) for a in images])
+    prompts = [f"a photo of a {c}" for c in CLASSES]
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+        txt = torch.nn.functional.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+    pred = (img @ txt.T).argmax(1)
+    labels = torch.tensor([f.label for f in factors])
+    acc = (pred == labels).float().mean().item()
+    assert acc >= 0.90, f"zero-shot class accuracy {acc:.3f} on 64 fresh renders"
+
+
+@requires_clip
+def test_world_clip_prefers_true_caption_over_single_factor_edits():
+    model, tokenizer, preprocess = load_world_clip()
+    images, factors = fresh_renders(16, seed=7)
+    x = torch.stack([preprocess(Image.fromarray(a)) for a in images])
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+        true = torch.nn.functional.normalize(model.encode_text(tokenizer([caption(f) for f in factors])), dim=-1)
+        # The shape swapped for another class: the caption differs in one word.
+        wrong = [caption(f.replace(shape=CLASSES[(f.label + 1) % len(CLASSES)])) for f in factors]
+        wrong = torch.nn.functional.normalize(model.encode_text(tokenizer(wrong)), dim=-1)
+    margin = ((img * true).sum(1) - (img * wrong).sum(1))
+    assert (margin > 0).float().mean().item() >= 0.8
+
+
+def test_text_encoder_conversion_is_exact():
+    """CLIPTextModel built from an open_clip text tower gives the same per-token hidden states."""
+    from src.modules.world_clip import build_clip
+
+    torch.manual_seed(0)
+    model = build_clip(32, {"image_size": 32, "patch_size": 8, "layers": 1, "width": 32, "head_width": 16},
+                       {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}).eval()
+    enc = text_encoder_from_open_clip(model)
+    caps = ["a sketch of a small red striped star", "a photo of a ring on white snow"]
+    ids = clip_tokenizer(16)(caps, padding="max_length", max_length=16, truncation=True,
+                              return_tensors="pt").input_ids
+    from open_clip.tokenizer import SimpleTokenizer
+
+    oc = SimpleTokenizer(context_length=16)(caps)
+    with torch.no_grad():
+        hidden = enc(ids)[0]
+        x = model.transformer(model.token_embedding(oc) + model.positional_embedding, attn_mask=model.attn_mask)
+        ref = model.ln_final(x)
+    for row in range(len(caps)):
+        n = int((oc[row] != 0).sum())  # up to end-of-text; padding differs (0 vs 49407)
+        assert torch.equal(ids[row, :n], oc[row, :n])
+        torch.testing.assert_close(hidden[row, :n], ref[row, :n], atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- world_vae
+@requires_vae
+def test_world_vae_reconstruction_psnr(monkeypatch):
+    from diffusers import AutoencoderKL
+
+    from src.modules.world_vae import psnr
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    vae = AutoencoderKL.from_pretrained(str(WORLD_VAE_PATH)).eval()
+    images, _ = fresh_renders(32, seed=99)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        z = vae.encode(x).latent_dist.mode()
+        rec = vae.decode(z).sample
+    assert z.shape[1:] == (4, 8, 8)
+    # Latents scaled by scaling_factor are roughly unit variance (what the diffusion model was trained on).
+    assert 0.5 < (z * vae.config.scaling_factor).std().item() < 2.0
+    assert psnr(rec, x).item() >= 20.0
+
+
+# ---------------------------------------------------------------------------------------------- world_ldm
+@requires_ldm
+def test_world_pipeline_inversion_and_edit_run_offline(monkeypatch):
+    from src.generation.diffusion import DiffusionModel
+    from src.generation.editor_p2p import PromptToPromptEditor
+    from src.generation.inverter_negative_prompt import NegativePromptInverter
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = load_world_pipeline()
+    assert pipe.text_encoder.config.hidden_size == pipe.unet.config.cross_attention_dim
+    diffusion = DiffusionModel.from_pretrained(str(WORLD_PIPELINE_PATH), num_inference_steps=4)
+    images, factors = fresh_renders(2, seed=3)
+    inverter = NegativePromptInverter(diffusion=diffusion, guidance_scale=3.0)
+    editor = PromptToPromptEditor(diffusion=diffusion, guidance_scale=3.0)
+    for image, f in zip(images, factors):
+        source = caption(f)
+        target = caption(f.replace(background="snow" if f.background != "snow" else "sand"))
+        inversion = inverter.invert(Image.fromarray(image), source)
+        assert inversion.latents.shape == (5, 4, 8, 8) and torch.isfinite(inversion.latents).all()
+        out = editor.edit(inversion, source, [target], [0.6])
+        for im in [out.reconstruction, out.candidates[0][0][1]]:
+            arr = np.asarray(im)
+            assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+        assert out.cost.unet_evals == 4
+
+# ---------------------------------------------------------------------------------------------- training smoke
+@pytest.fixture(scope="module")
+def tiny_assets(tmp_path_factory):
+    """A tiny world_clip folder and world_vae folder built in code (random weights)."""
+    from src.modules.world_clip import build_clip, save_open_clip_folder
+    from src.modules.world_vae import build_vae
+
+    root = tmp_path_factory.mktemp("tiny-world-models")
+    cfg = {"embed_dim": 16, "vision_cfg": {"image_size": 32, "patch_size": 8, "layers": 1, "width": 16, "head_width": 8},
+           "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}}
+    torch.manual_seed(0)
+    save_open_clip_folder(build_clip(**cfg), cfg, root / "clip")
+    build_vae({"block_out_channels": [8, 8, 8], "norm_num_groups": 4, "latent_channels": 4,
+               "layers_per_block": 1, "sample_size": 32}).save_pretrained(root / "vae")
+    return root
+
+
+TINY_CAPTIONS = ["data.n_train=64", "data.n_val=32", "data.batch_size=16", "debug=fdr"]
+
+
+def _tiny_overrides(experiment: str, assets) -> list[str]:
+    if experiment == "world_clip":
+        return ["module.vision_cfg.width=16", "module.vision_cfg.layers=1", "module.text_cfg.width=16",
+                "module.text_cfg.layers=1", "module.embed_dim=16"]
+    if experiment == "world_vae":
+        return ["module.vae_cfg.block_out_channels=[8,8,8]", "module.vae_cfg.norm_num_groups=4"]
+    return [f"module.clip_path={assets / 'clip'}", f"module.vae_path={assets / 'vae'}",
+            "module.unet_cfg.block_out_channels=[16,16]", "module.unet_cfg.norm_num_groups=8"]
+
+
+@pytest.mark.parametrize("experiment", ["world_clip", "world_vae", "world_ldm"])
+def test_world_experiment_fast_dev_run(experiment, tiny_assets, tmp_path, world_cache):
+    from src.training import run_training
+
+    overrides = [f"experiment={experiment}", *TINY_CAPTIONS, *_tiny_overrides(experiment, tiny_assets)]
+    cfg = compose_config("train", overrides, tmp_path, world_cache)
+    metrics, objects = run_training(cfg)
+    loss = metrics["train/loss"]
+    assert np.isfinite(loss) and loss > 0
+    # fast_dev_run never exports (no weights worth keeping).
+    assert not any(tmp_path.glob("world_*"))
