@@ -158,3 +158,24 @@ def test_end_to_end_repair_improves_ood(tmp_path, world_cache):
     _check_frozen_and_exported(module, clf, tmp_path / "repair")
     # the repair helps where the planted cue misleads
     assert metrics["test_ood/acc@1"] > base_metrics["test_ood/acc@1"] + 0.01, (metrics, base_metrics)
+
+
+def test_experiments_compose_with_slurm_and_ddp():
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from src.config_schema import check_targets
+    from tests.conftest import ROOT
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        for experiment in ("wise_ft", "dfr", "standard_aug_head", "standard_aug_full"):
+            cfg = compose("train", [f"experiment={experiment}", "model=resnet18", "launcher=slurm", "trainer=ddp",
+                                    "seed=2"], return_hydra_config=True)
+            assert "submitit" in cfg.hydra.launcher._target_ and cfg.trainer.strategy == "ddp"
+            assert cfg.data._target_ == "src.repair.data.RepairDataModule"
+            with open_dict(cfg):
+                del cfg["hydra"]
+            check_targets(cfg)  # every key is accepted by its _target_
+    GlobalHydra.instance().clear()

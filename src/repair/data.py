@@ -33,7 +33,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from src.datamodules.transforms import build_transforms
 from src.datamodules.world import DEFAULT_DATA_CONFIG
@@ -362,7 +362,12 @@ class RepairDataModule(L.LightningDataModule):
             ds = _ImageBatches(data, build_transforms(self.data_config, augment))
         bs = self.batch_size if train else self.eval_batch_size
         gen = torch.Generator().manual_seed(self.seed) if train else None
-        sampler = BatchSampler(RandomSampler(ds, generator=gen) if train else SequentialSampler(ds), bs, drop_last=False)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Lightning only swaps plain samplers; shard this batch sampler's source ourselves (DDP).
+            base = DistributedSampler(ds, shuffle=train, seed=self.seed)
+        else:
+            base = RandomSampler(ds, generator=gen) if train else SequentialSampler(ds)
+        sampler = BatchSampler(base, bs, drop_last=False)
         return DataLoader(ds, sampler=sampler, batch_size=None, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
 
