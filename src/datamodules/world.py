@@ -23,7 +23,7 @@ class WorldDataModule(L.LightningDataModule):
     def __init__(
         self,
         image_size: int = 32,
-        n_train: int = 12000,
+        n_train: int = 8000,
         n_val: int = 2000,
         n_test: int = 2000,
         rho_background: float = 0.9,

@@ -34,7 +34,7 @@ FACTORS_BY_EDIT_TYPE = {
     "adjective": ("colour", "pattern", "size"),
     "domain": ("domain",),
 }
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class WorldSpec:
     """Everything that determines the world's splits (and so the cache key)."""
 
     image_size: int = 32
-    n_train: int = 12000
+    n_train: int = 8000
     n_val: int = 2000
     n_test: int = 2000
     rho_background: float = 0.9

@@ -168,9 +168,9 @@ def _weather(rgb: np.ndarray, weather: str, noise: np.ndarray) -> np.ndarray:
     if weather == "clear":
         return rgb
     if weather == "foggy":
-        return rgb * 0.45 + np.float32(0.62) * 0.55
+        return rgb * 0.6 + np.float32(0.62) * 0.4
     if weather == "night":
-        return rgb * np.array((0.25, 0.28, 0.45), np.float32)
+        return rgb * np.array((0.45, 0.48, 0.65), np.float32)
     if weather == "rainy":
         yy, xx = np.mgrid[0:size, 0:size]
         streak = (((xx + yy // 2) + (noise[2] * 3).astype(int)) % 5 == 0) & (noise[3] > 0.4)
@@ -207,8 +207,10 @@ def _domain(rgb: np.ndarray, domain: str, noise: np.ndarray) -> np.ndarray:
     gy = p[2:, 1:-1] - p[:-2, 1:-1]
     edges = np.sqrt(gx**2 + gy**2)
     if domain == "sketch":
-        ink = np.clip(1.0 - edges * 3.0 - (noise[5] - 0.5) * 0.1, 0, 1)
-        return np.repeat(ink[..., None], 3, -1) * np.array((0.98, 0.96, 0.90), np.float32)
+        # Coloured-pencil sketch: dark strokes on paper washed with the scene's colours.
+        ink = np.clip(1.0 - edges * 3.0 - (noise[5] - 0.5) * 0.1, 0, 1)[..., None]
+        paper = 0.45 * rgb + 0.55 * np.array((0.98, 0.96, 0.90), np.float32)
+        return paper * ink
     if domain == "painting":
         blurred = _box3(rgb)
         quant = np.round(blurred * 4) / 4
