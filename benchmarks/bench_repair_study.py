@@ -28,7 +28,7 @@ from src.repair.report import (alpha_curves, load_runs, log_to_wandb, plot_alpha
 METHODS = {
     # name in the table: train.py overrides (besides the shared ones)
     "standard_aug_head": ["experiment=standard_aug_head"],
-    "standard_aug_full": ["experiment=standard_aug_full", "callbacks.model_checkpoint=null", "trainer.enable_checkpointing=false"],
+    "standard_aug_full": ["experiment=standard_aug_full", "callbacks.model_checkpoint=null", "+trainer.enable_checkpointing=false"],
     "dfr": ["experiment=dfr"],
     "counterfactual": ["experiment=wise_ft"],
     "counterfactual_a0.3": ["experiment=wise_ft", "module.alpha=0.3"],
@@ -70,7 +70,7 @@ def main() -> None:
     world = [f"data.n_train={args.n_train}", f"data.n_val={args.n_val}", f"data.n_test={args.n_test}", "logger=csv_only"]
 
     # The classifier under repair and the oracle (lead's bug workaround: no best-checkpoint reload).
-    fixed = ["callbacks.model_checkpoint=null", "trainer.enable_checkpointing=false", "callbacks.early_stopping=null", f"trainer.max_epochs={args.classifier_epochs}", "seed=1"]
+    fixed = ["callbacks.model_checkpoint=null", "+trainer.enable_checkpointing=false", "callbacks.early_stopping=null", f"trainer.max_epochs={args.classifier_epochs}", "seed=1"]
     baseline = args.baseline or run(["experiment=baseline", *world, *fixed], out / "baseline", log) / "checkpoints" / "classifier.safetensors"
     oracle = args.oracle or run(["experiment=oracle", *world, *fixed], out / "oracle", log) / "checkpoints" / "classifier.safetensors"
 
