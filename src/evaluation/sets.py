@@ -247,7 +247,7 @@ def manifest_paired_set(folder: str | Path, num_classes: int, on_bad_row: str = 
          for k in MANIFEST_COLUMNS}
     if c["accepted"] is not None:
         flag = df[c["accepted"]]
-        df = df[(flag.astype(str) == "accepted") if flag.dtype == object else flag.astype(bool)]
+        df = df[flag.astype(bool) if pd.api.types.is_bool_dtype(flag) else (flag.astype(str) == "accepted")]
     df = df.reset_index().rename(columns={"index": "manifest_row"})
     roots = [folder] + ([Path(source_root)] if source_root else [])
     wcache = Path(world_cache) if world_cache else None
