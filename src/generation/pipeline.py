@@ -266,7 +266,8 @@ def _nan_low(x) -> float:
 
 
 def config_hash(cfg: dict, ignore: tuple[str, ...] = ("shard", "num_shards", "max_images", "output_dir", "progress",
-                                                       "flush_every", "device")) -> str:
+                                                       "flush_every", "device", "name", "inversion_cache_dir",
+                                                       "cache_dir")) -> str:
     """Hash of the settings that determine the content of a set (not how much of it or where)."""
     import json
 
