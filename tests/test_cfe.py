@@ -80,6 +80,7 @@ def test_sparsity_loss_prunes_mask_while_keeping_predictions(tmp_path, one_threa
     assert out["mc_mask"].mean().item() < 0.5 * before
     assert hard["mc_count"] < 32
     assert hard["mc_keep"] > 0.5
+    assert hard["mi_flip"] > 0.2 and hard["mi_count"] < 32  # 0 before training
 
 
 def test_cfe_experiment_fast_dev_run(tmp_path, world_cache, one_thread):

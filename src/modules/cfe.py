@@ -5,7 +5,9 @@ For an image and a class the explainer predicts one value per filter of the last
 - minimum-correct (MC) filters for the predicted class: a mask m in [0, 1]^K; the classifier's head
   on the masked map F * m must still predict the class (the filters that must stay on);
 - minimum-incorrect (MI) filters for a target class: a non-negative boost s in R+^K; the head on the
-  altered map F * (1 + s) must predict the target class (the filters whose change flips the decision).
+  altered map F + s (each filter's map raised by s_k) must predict the target class (the filters whose
+  change flips the decision). The boost is additive because a multiplicative one cannot switch on a
+  filter that is silent on the image, and the target class's filters usually are.
 
 Both are trained with a logits loss (cross-entropy of the altered logits towards the class) plus
 `sparsity_weight` (lambda = 2) times the mean mask value. The backbone is frozen and only its
@@ -101,12 +103,16 @@ class FilterMaskExplainer(nn.Module):
         return torch.sigmoid(self.mc_head(self._hidden(feats, classes)))
 
     def mi_boost(self, feats: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """B x K >= 0: how much to scale each filter up to reach `classes`."""
+        """B x K >= 0: how much to raise each filter's activation to reach `classes`."""
         return F.softplus(self.mi_head(self._hidden(feats, classes)))
 
 
 def _masked(feats: torch.Tensor, per_filter: torch.Tensor) -> torch.Tensor:
     return feats * per_filter[:, :, None, None]
+
+
+def _boosted(feats: torch.Tensor, per_filter: torch.Tensor) -> torch.Tensor:
+    return feats + per_filter[:, :, None, None]
 
 
 class CFEExplainerModule(L.LightningModule):
@@ -178,7 +184,7 @@ class CFEExplainerModule(L.LightningModule):
         mc_sparsity = m.mean()
         targets = (preds + torch.randint(1, self.hparams.num_classes, preds.shape, device=preds.device)) % self.hparams.num_classes
         s = self.explainer.mi_boost(feats, targets)
-        mi_logits = self.head(_masked(feats, 1 + s))
+        mi_logits = self.head(_boosted(feats, s))
         mi_logit_loss = F.cross_entropy(mi_logits, targets)
         mi_sparsity = s.mean()
         loss = mc_logit_loss + lam * mc_sparsity + self.hparams.mi_weight * (mi_logit_loss + lam * mi_sparsity)
@@ -191,7 +197,7 @@ class CFEExplainerModule(L.LightningModule):
         mc = (out["mc_mask"] > self.hparams.mask_threshold).float()
         mi = (out["mi_boost"] > self.hparams.mi_threshold).float()
         keep = (self.head(_masked(feats, mc)).argmax(1) == preds).float().mean()
-        flip = (self.head(_masked(feats, 1 + out["mi_boost"] * mi)).argmax(1) == out["mi_targets"]).float().mean()
+        flip = (self.head(_boosted(feats, out["mi_boost"] * mi)).argmax(1) == out["mi_targets"]).float().mean()
         return {"mc_keep": keep, "mc_count": mc.sum(1).mean(), "mi_flip": flip, "mi_count": mi.sum(1).mean()}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -267,7 +273,7 @@ class CFEExplainerModule(L.LightningModule):
         targets = (preds + torch.randint(1, self.hparams.num_classes, preds.shape, device=preds.device)) % self.hparams.num_classes
         s = self.explainer.mi_boost(feats, targets)
         mi = s > self.hparams.mi_threshold
-        flip = self.head(_masked(feats, 1 + s * mi)).argmax(1) == targets
+        flip = self.head(_boosted(feats, s * mi)).argmax(1) == targets
         self._test_rows.setdefault(dataloader_idx, []).append({
             "label": y.cpu(), "pred": preds.cpu(), "conf": conf.cpu(), "mc": mc.cpu(),
             "drop_mc": (conf - p_no_mc).cpu(), "drop_rand": (conf - p_no_rand).cpu(), "keep_only": keep_only.cpu(),
