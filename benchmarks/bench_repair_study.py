@@ -60,7 +60,9 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=3000)
     p.add_argument("--n-val", type=int, default=1000)
     p.add_argument("--n-test", type=int, default=1000)
-    p.add_argument("--n-heldout", type=int, default=1000)
+    p.add_argument("--n-heldout", type=int, default=800)
+    p.add_argument("--n-original", type=int, default=1200,
+                   help="original training images for the standard-augmentation repairs (about the counterfactual mix's size)")
     p.add_argument("--classifier-epochs", type=int, default=4)
     p.add_argument("--max-epochs", type=int, default=50, help="repair epochs (early stopping decides)")
     args = p.parse_args()
@@ -83,6 +85,8 @@ def main() -> None:
     for seed in args.seeds:
         for m in args.methods:
             clf = [f"model.checkpoint_path={baseline}"] if m == "standard_aug_full" else [f"module.classifier_path={baseline}"]
+            if m.startswith("standard_aug"):
+                clf.append(f"data.n_original={args.n_original}")
             runs.setdefault(m, []).append(run([*METHODS[m], *clf, *repair, f"seed={seed}"], out / m / f"s{seed}", log))
             report(runs, out)
 
