@@ -42,6 +42,8 @@ def build_components(cfg: DictConfig) -> tuple[L.LightningDataModule, L.Lightnin
         "test_split_names": getattr(datamodule, "test_split_names", ("test",)),
         "datamodule": datamodule,
     })
+    # Config containers become plain Python so that checkpoints stay weights_only-loadable.
+    extra = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in extra.items()}
     module = hydra.utils.instantiate(cfg.module, **extra)
     return datamodule, module, backbone
 

@@ -29,6 +29,9 @@ class ClassifierModule(L.LightningModule):
         test_split_names: Sequence[str] = ("test",),
     ) -> None:
         super().__init__()
+        # Plain lists, so that checkpoints load with torch.load(weights_only=True).
+        class_names = list(class_names) if class_names is not None else None
+        test_split_names = list(test_split_names)
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler"], logger=False)
         self.backbone = backbone
         self.optimizer_factory = optimizer
