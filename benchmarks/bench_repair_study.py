@@ -32,6 +32,10 @@ METHODS = {
     "dfr": ["experiment=dfr"],
     "counterfactual": ["experiment=wise_ft"],
     "counterfactual_a0.3": ["experiment=wise_ft", "module.alpha=0.3"],
+    # The same counterfactual mix, whole network fine-tuned (no WiSE-FT): what the data can do when the
+    # frozen body lacks the features the head would need.
+    "counterfactual_full": ["experiment=standard_aug_full", "data.repair_data=counterfactual", "data.augment=none",
+                            "callbacks.model_checkpoint=null", "+trainer.enable_checkpointing=false"],
 }
 
 
@@ -54,7 +58,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "logs" / "repair_study")
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--methods", nargs="+", default=["counterfactual", "dfr", "standard_aug_head", "counterfactual_full", "standard_aug_full", "counterfactual_a0.3"], choices=list(METHODS))
     p.add_argument("--baseline", type=Path, help="classifier.safetensors to repair (default: train one)")
     p.add_argument("--oracle", type=Path, help="oracle classifier.safetensors (default: train one)")
     p.add_argument("--n-train", type=int, default=3000)
@@ -79,12 +83,15 @@ def main() -> None:
     repair = [*world, f"data.n_heldout={args.n_heldout}", f"trainer.max_epochs={args.max_epochs}"]
     # No repair: the classifiers themselves, tested on the same splits (train=false).
     runs: dict[str, list[Path]] = {
-        "baseline": [run(["experiment=wise_ft", "train=false", f"module.classifier_path={baseline}", *repair], out / "eval_baseline", log)],
-        "oracle": [run(["experiment=wise_ft", "train=false", f"module.classifier_path={oracle}", *repair], out / "eval_oracle", log)],
+        "baseline": [run(["experiment=wise_ft", "train=false", "optimized_metric=null", f"module.classifier_path={baseline}",
+                          *repair], out / "eval_baseline", log)],
+        "oracle": [run(["experiment=wise_ft", "train=false", "optimized_metric=null", f"module.classifier_path={oracle}",
+                        *repair], out / "eval_oracle", log)],
     }
     for seed in args.seeds:
         for m in args.methods:
-            clf = [f"model.checkpoint_path={baseline}"] if m == "standard_aug_full" else [f"module.classifier_path={baseline}"]
+            clf = ([f"model.checkpoint_path={baseline}", f"data.weakness_classifier={baseline}"] if m.endswith("_full")
+                   else [f"module.classifier_path={baseline}"])
             if m.startswith("standard_aug"):
                 clf.append(f"data.n_original={args.n_original}")
             runs.setdefault(m, []).append(run([*METHODS[m], *clf, *repair, f"seed={seed}"], out / m / f"s{seed}", log))
