@@ -88,6 +88,8 @@ def main() -> None:
         "oracle": [run(["experiment=wise_ft", "train=false", "optimized_metric=null", f"module.classifier_path={oracle}",
                         *repair], out / "eval_oracle", log)],
     }
+    ceiling = head_only_ceiling(baseline, args, out)
+    print(f"[study] head-only ceiling (linear probe on the baseline body, trained on held-out ood): {ceiling}", flush=True)
     for seed in args.seeds:
         for m in args.methods:
             clf = ([f"model.checkpoint_path={baseline}", f"data.weakness_classifier={baseline}"] if m.endswith("_full")
@@ -98,10 +100,37 @@ def main() -> None:
             report(runs, out)
 
 
+def head_only_ceiling(classifier: Path, args, out: Path) -> dict:
+    """What any head-only repair could reach at best: a logistic-regression probe on the frozen body's
+    features, trained on *ood* images of the held-out world (the distribution it is tested on)."""
+    import json
+
+    from sklearn.linear_model import LogisticRegression
+
+    from src.evaluation.classifier import load_classifier
+    from src.modules.feature_cache import FeatureExtractor
+    from src.world.dataset import WorldSpec, build_world
+
+    file = out / "head_only_ceiling.json"
+    if file.is_file():
+        return json.loads(file.read_text())
+    clf = load_classifier(str(classifier), None, 8)
+    ext = FeatureExtractor(clf.model, clf.data_config, cache_dir=ROOT / ".cache")
+    test = build_world(WorldSpec(32, args.n_train, args.n_val, args.n_test, seed=0), ROOT / ".cache", splits=("iid", "ood"))
+    held = build_world(WorldSpec(32, 1, 1, args.n_heldout, seed=1), ROOT / ".cache", splits=("ood",))
+    probe = LogisticRegression(max_iter=3000).fit(ext(held["ood"].images).numpy(), held["ood"].records["label"])
+    result = {f"probe_{k}/acc@1": float(probe.score(ext(v.images).numpy(), v.records["label"])) for k, v in test.items()}
+    file.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def report(runs: dict[str, list[Path]], out: Path) -> None:
     table = results_table(load_runs(runs))
     table.to_csv(out / "results.csv", index=False)
     md = to_markdown(table)
+    if (out / "head_only_ceiling.json").is_file():
+        md += ("\n\nHead-only ceiling (logistic-regression probe on the frozen baseline body, trained on held-out "
+               f"`ood` images): {(out / 'head_only_ceiling.json').read_text()}")
     (out / "results.md").write_text(md + "\n")
     curves = alpha_curves(runs.get("counterfactual", []))
     curves.to_csv(out / "alpha_curves.csv", index=False)
