@@ -153,7 +153,8 @@ TINY_CAPTIONS = ["data.n_train=64", "data.n_val=32", "data.batch_size=16", "debu
 
 def _tiny_overrides(experiment: str, assets) -> list[str]:
     if experiment == "world_clip":
-        return ["module.vision_cfg.width=16", "module.vision_cfg.layers=1", "module.text_cfg.width=16",
+        return ["module.vision_cfg.width=16", "module.vision_cfg.head_width=8", "module.vision_cfg.layers=1",
+                "module.vision_cfg.patch_size=8", "module.text_cfg.width=16",
                 "module.text_cfg.layers=1", "module.embed_dim=16"]
     if experiment == "world_vae":
         return ["module.vae_cfg.block_out_channels=[8,8,8]", "module.vae_cfg.norm_num_groups=4"]

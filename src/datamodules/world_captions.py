@@ -27,7 +27,7 @@ class CaptionedImageDataset(Dataset):
             raise KeyError(f"world records lack a 'caption' column (columns: {list(records.columns)})")
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         self.captions = records["caption"].astype(str).tolist()
-        self.labels = torch.as_tensor(records["label"].to_numpy(), dtype=torch.long)
+        self.labels = torch.tensor(records["label"].to_numpy(), dtype=torch.long)
 
     def __len__(self) -> int:
         return len(self.captions)

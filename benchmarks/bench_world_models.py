@@ -1,0 +1,235 @@
+"""The world's mini models against the ground truth: LANCE editing with world_ldm, checked with world_clip,
+judged by a factor probe trained on rendered images (not by world_clip).
+
+    python benchmarks/bench_world_models.py [--sources 40] [--steps 20] [--inverters negative_prompt null_text ddim]
+
+Sources are iid test scenes; each has one exact single-factor counterfactual per edit type (the world's
+`counterfactual` split), so `--sources 40` gives 200 edits. Per inverter and edit type it prints:
+- psnr_rec: PSNR (dB) of the decoded inversion (p2p's source sample) vs the source image;
+- success: the probe reads the edited factor's new value in x' (selected candidate);
+- label_kept: the probe's class head (trained on independent factors, i.e. the `ood` distribution)
+  still reads the source class;
+- others_kept: fraction of unchanged factors the probe still reads as in the source;
+- closer_to_gt: share of edits with MSE(x', ground-truth counterfactual) < MSE(x', source), and both MSEs;
+- accept: acceptance rate of world_clip's consistency controller, and its precision/recall against the
+  ground truth "correct edit" (success and label kept);
+and the wall time per accepted counterfactual with the fast configuration (negative-prompt inversion
+cached per image, all fractions of all edits of an image in one batched sweep), extrapolated to 200,
+with the peak resident memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from src.world.grammar import VOCABULARY  # noqa: E402
+
+SPEED_TARGET_S = 600.0  # 200 accepted counterfactuals
+MEMORY_TARGET_GB = 4.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return 10 * np.log10(255.0**2 / max(mse, 1e-10))
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+
+
+def build_inverter(name: str, diffusion, guidance: float, null_inner_steps: int):
+    from src.generation.inverter_ddim import DDIMInverter
+    from src.generation.inverter_negative_prompt import NegativePromptInverter
+    from src.generation.inverter_null_text import NullTextInverter
+
+    if name == "negative_prompt":
+        return NegativePromptInverter(diffusion=diffusion, guidance_scale=guidance)
+    if name == "null_text":
+        return NullTextInverter(diffusion=diffusion, guidance_scale=guidance, num_inner_steps=null_inner_steps)
+    if name == "ddim":
+        return DDIMInverter(diffusion=diffusion, guidance_scale=guidance)
+    raise ValueError(f"--inverters: unknown inverter {name!r}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sources", type=int, default=40, help="iid scenes; x5 edit types = edits per inverter")
+    ap.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.4, 0.6, 0.8])
+    ap.add_argument("--cross-replace", type=float, default=0.8)
+    ap.add_argument("--inverters", nargs="+", default=["negative_prompt", "null_text", "ddim"])
+    ap.add_argument("--null-text-sources", type=int, default=8, help="null-text is slow: fewer sources")
+    ap.add_argument("--null-inner-steps", type=int, default=10)
+    ap.add_argument("--directional", type=float, default=0.2)
+    ap.add_argument("--image", type=float, default=0.7)
+    ap.add_argument("--image-text", type=float, default=0.2)
+    ap.add_argument("--pipeline", default=str(ROOT / "assets/world/ldm"))
+    ap.add_argument("--clip", default=str(ROOT / "assets/world/clip"))
+    ap.add_argument("--probe", default=str(ROOT / ".cache/world_factor_probe.safetensors"))
+    ap.add_argument("--probe-steps", type=int, default=1500, help="training steps when the probe is not cached")
+    ap.add_argument("--json", default=None, help="also write the table here")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+
+    from src.generation.consistency import ClipConsistency, pick_best
+    from src.generation.diffusion import DiffusionModel
+    from src.generation.editor_p2p import PromptToPromptEditor
+    from src.world.dataset import WorldSpec, build_world
+    from src.world.models import world_clip_encoder
+    from src.world.probes import load_or_train_probe
+
+    probe, probe_acc = load_or_train_probe(args.probe, steps=args.probe_steps)
+    print("factor probe held-out accuracy:", json.dumps({k: round(v, 3) for k, v in probe_acc.items()}))
+
+    world = build_world(WorldSpec(), ROOT / ".cache", splits=("iid", "counterfactual"))
+    iid, cf = world["iid"], world["counterfactual"]
+    iid_index = {r: i for i, r in enumerate(iid.records["id"])}
+
+    diffusion = DiffusionModel.from_pretrained(args.pipeline, num_inference_steps=args.steps,
+                                               config_key="--pipeline")
+    editor = PromptToPromptEditor(diffusion=diffusion, guidance_scale=args.guidance,
+                                  cross_replace_steps=args.cross_replace)
+    consistency = ClipConsistency(world_clip_encoder(args.clip), directional=args.directional, image=args.image,
+                                  image_text=args.image_text)
+
+    table: dict = {"ground_truth": ground_truth_rows(probe, iid, cf, iid_index, args.sources)}
+    vae_psnr = vae_reconstruction_psnr(diffusion, iid.images[:args.sources])
+    print(f"world_vae reconstruction PSNR on {args.sources} sources: {vae_psnr:.2f} dB (ceiling for inversion)")
+    speed = None
+    for inv_name in args.inverters:
+        inverter = build_inverter(inv_name, diffusion, args.guidance, args.null_inner_steps)
+        n_src = min(args.sources, args.null_text_sources) if inv_name == "null_text" else args.sources
+        rows = defaultdict(list)
+        start, accepted_total = time.perf_counter(), 0
+        sources = iid.records.iloc[:n_src]
+        for _, src in tqdm(list(sources.iterrows()), desc=inv_name):
+            src_img = iid.images[iid_index[src["id"]]]
+            edits = cf.records[cf.records["source_id"] == src["id"]]
+            inversion = inverter.invert(Image.fromarray(src_img), src["caption"])
+            out = editor.edit(inversion, src["caption"], list(edits["caption"]), list(args.fractions))
+            rec = np.asarray(out.reconstruction)
+            for (ei, edit), cands in zip(edits.iterrows(), out.candidates):
+                verdicts = consistency.score(Image.fromarray(src_img), src["caption"], edit["caption"],
+                                             [im for _, im in cands])
+                best = pick_best(verdicts)
+                accepted = best is not None
+                # Judge the candidate the controller keeps; when it rejects all, the one it scored highest.
+                pick = best if accepted else int(np.argmax([v.scores["directional_similarity"] for v in verdicts]))
+                x_edit = np.asarray(cands[pick][1])
+                gt = cf.images[ei]
+                success, label_kept, others_kept = judge(probe, x_edit, src, edit["factor"], edit["edited_value"])
+                rows[edit["edit_type"]].append({
+                    "psnr_rec": psnr(rec, src_img), "success": success, "label_kept": label_kept,
+                    "others_kept": others_kept, "mse_gt": mse(x_edit, gt), "mse_src": mse(x_edit, src_img),
+                    "accepted": accepted, "correct": success and label_kept,
+                })
+                accepted_total += accepted
+        elapsed = time.perf_counter() - start
+        n_edits = sum(len(v) for v in rows.values())
+        table[inv_name] = {t: summarise(v) for t, v in rows.items()}
+        table[inv_name]["all"] = summarise([r for v in rows.values() for r in v])
+        table[inv_name]["all"]["seconds"] = elapsed
+        if inv_name == "negative_prompt":
+            per_accepted = elapsed / max(accepted_total, 1)
+            speed = {"edits": n_edits, "accepted": accepted_total, "seconds": elapsed,
+                     "seconds_per_accepted": per_accepted, "projected_200_s": 200 * per_accepted}
+
+    print_table(table)
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    if speed:
+        print(f"\nspeed (negative_prompt, {args.steps} DDIM steps, {len(args.fractions)} fractions): "
+              f"{speed['accepted']}/{speed['edits']} accepted in {speed['seconds']:.0f} s -> 200 accepted in "
+              f"{speed['projected_200_s']:.0f} s (target {SPEED_TARGET_S:.0f} s, ratio "
+              f"{speed['projected_200_s'] / SPEED_TARGET_S:.2f})")
+    print(f"peak resident memory {peak_gb:.2f} GB (target {MEMORY_TARGET_GB} GB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"table": table, "speed": speed, "peak_gb": peak_gb, "vae_psnr": vae_psnr,
+                                               "probe_accuracy": probe_acc, "args": vars(args)}, indent=2))
+
+
+def judge(probe, x_edit: np.ndarray, src, factor: str, value: str) -> tuple[bool, bool, float]:
+    """(edited factor shows `value`, class kept, share of other factors kept) as the probe reads x'."""
+    from src.world.probes import FACTORS
+
+    pred = probe.predict(np.stack([x_edit]))
+    success = VOCABULARY[factor][pred[factor][0]] == value
+    label_kept = pred["shape"][0] == int(src["label"])
+    others = [k for k in FACTORS if k not in (factor, "shape")]
+    return success, label_kept, float(np.mean([VOCABULARY[k][pred[k][0]] == src[k] for k in others]))
+
+
+def ground_truth_rows(probe, iid, cf, iid_index, n_sources: int) -> dict:
+    """The probe on the renderer's exact counterfactuals: the ceiling of every judged metric."""
+    rows = defaultdict(list)
+    for _, src in iid.records.iloc[:n_sources].iterrows():
+        src_img = iid.images[iid_index[src["id"]]]
+        for ei, edit in cf.records[cf.records["source_id"] == src["id"]].iterrows():
+            success, label_kept, others_kept = judge(probe, cf.images[ei], src, edit["factor"], edit["edited_value"])
+            rows[edit["edit_type"]].append({"psnr_rec": float("inf"), "success": success, "label_kept": label_kept,
+                                            "others_kept": others_kept, "mse_gt": 0.0,
+                                            "mse_src": mse(cf.images[ei], src_img), "accepted": True,
+                                            "correct": success and label_kept})
+    out = {t: summarise(v) for t, v in rows.items()}
+    out["all"] = summarise([r for v in rows.values() for r in v])
+    return out
+
+
+@torch.no_grad()
+def vae_reconstruction_psnr(diffusion, images: np.ndarray) -> float:
+    values = []
+    for a in images:
+        rec = np.asarray(diffusion.decode(diffusion.encode_image(Image.fromarray(a)))[0])
+        values.append(psnr(rec, a))
+    return float(np.mean(values))
+
+
+def summarise(rows: list[dict]) -> dict:
+    acc = np.array([r["accepted"] for r in rows])
+    cor = np.array([r["correct"] for r in rows])
+    tp = int((acc & cor).sum())
+    return {
+        "n": len(rows),
+        "psnr_rec": float(np.mean([r["psnr_rec"] for r in rows])),
+        "success": float(np.mean([r["success"] for r in rows])),
+        "label_kept": float(np.mean([r["label_kept"] for r in rows])),
+        "others_kept": float(np.mean([r["others_kept"] for r in rows])),
+        "closer_to_gt": float(np.mean([r["mse_gt"] < r["mse_src"] for r in rows])),
+        "mse_gt": float(np.mean([r["mse_gt"] for r in rows])),
+        "mse_src": float(np.mean([r["mse_src"] for r in rows])),
+        "accept": float(acc.mean()),
+        "correct": float(cor.mean()),
+        "filter_precision": tp / acc.sum() if acc.sum() else float("nan"),
+        "filter_recall": tp / cor.sum() if cor.sum() else float("nan"),
+    }
+
+
+def print_table(table: dict) -> None:
+    cols = ["n", "psnr_rec", "success", "label_kept", "others_kept", "closer_to_gt", "mse_gt", "mse_src",
+            "accept", "filter_precision", "filter_recall"]
+    print("\n| inverter | edit type | " + " | ".join(cols) + " |")
+    print("|" + "---|" * (len(cols) + 2))
+    for inv, per_type in table.items():
+        for t in ["subject", "object", "background", "adjective", "domain", "all"]:
+            if t not in per_type:
+                continue
+            r = per_type[t]
+            cells = [str(r["n"])] + [f"{r[c]:.3g}" if isinstance(r[c], float) else str(r[c]) for c in cols[1:]]
+            print(f"| {inv} | {t} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
