@@ -35,7 +35,7 @@ class PromptToPromptEditor:
     needs_inversion = True
 
     def __init__(self, diffusion: DiffusionModel, cross_replace_steps: float = 0.8, guidance_scale: float = 7.5,
-                 self_max_tokens: int = 16**2, reweight_edited_words: float = 1.0, max_batch: int = 16,
+                 self_max_tokens: int = 16**2, reweight_edited_words: float = 1.0, max_batch: int = 32,
                  batch_sweep: bool = True, progress: bool = False) -> None:
         self.diffusion = diffusion
         self.cross_replace_steps = cross_replace_steps

@@ -205,9 +205,9 @@ class GenerationPipeline:
         total = Cost(extra={"unet_samples": 0})
 
         def account(c: Cost, inversion: bool) -> None:
-            (self.stats.inversion_cost if inversion else self.stats.edit_cost).add(c)
-            total.add(c)
-            total.extra["unet_samples"] += c.extra.get("unet_samples", 0)
+            for into in (self.stats.inversion_cost if inversion else self.stats.edit_cost, total):
+                into.add(c)  # Cost.add sums evals and seconds; batch rows live in extra
+                into.extra["unet_samples"] = into.extra.get("unet_samples", 0) + c.extra.get("unet_samples", 0)
 
         if self.reuse_inversion:
             inv, cached = self.inversions.get_or_compute(sha, caption, lambda: self.inverter.invert(image, caption))
