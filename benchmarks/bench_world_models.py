@@ -106,7 +106,7 @@ def main() -> None:
     consistency = ClipConsistency(world_clip_encoder(args.clip), directional=args.directional, image=args.image,
                                   image_text=args.image_text)
 
-    table: dict = {"ground_truth": ground_truth_rows(probe, iid, cf, iid_index, args.sources)}
+    table: dict = {"ground_truth": ground_truth_rows(probe, consistency, iid, cf, iid_index, args.sources)}
     vae_psnr = vae_reconstruction_psnr(diffusion, iid.images[:args.sources])
     print(f"world_vae reconstruction PSNR on {args.sources} sources: {vae_psnr:.2f} dB (ceiling for inversion)")
     speed = None
@@ -135,7 +135,7 @@ def main() -> None:
                 rows[edit["edit_type"]].append({
                     "psnr_rec": psnr(rec, src_img), "success": success, "label_kept": label_kept,
                     "others_kept": others_kept, "mse_gt": mse(x_edit, gt), "mse_src": mse(x_edit, src_img),
-                    "accepted": accepted, "correct": success and label_kept,
+                    "accepted": accepted, "correct": success and label_kept, **verdicts[pick].scores,
                 })
                 accepted_total += accepted
         elapsed = time.perf_counter() - start
@@ -149,6 +149,10 @@ def main() -> None:
                      "seconds_per_accepted": per_accepted, "projected_200_s": 200 * per_accepted}
 
     print_table(table)
+    print("\nmedian consistency scores (directional, image, image-text, text margin) per inverter:")
+    for inv, per_type in table.items():
+        a = per_type["all"]
+        print(f"  {inv}: " + ", ".join(f"{a.get('median_' + k, float('nan')):.3f}" for k in SCORE_NAMES))
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     if speed:
         print(f"\nspeed (negative_prompt, {args.steps} DDIM steps, {len(args.fractions)} fractions): "
@@ -172,17 +176,20 @@ def judge(probe, x_edit: np.ndarray, src, factor: str, value: str) -> tuple[bool
     return success, label_kept, float(np.mean([VOCABULARY[k][pred[k][0]] == src[k] for k in others]))
 
 
-def ground_truth_rows(probe, iid, cf, iid_index, n_sources: int) -> dict:
-    """The probe on the renderer's exact counterfactuals: the ceiling of every judged metric."""
+def ground_truth_rows(probe, consistency, iid, cf, iid_index, n_sources: int) -> dict:
+    """The probe and the consistency controller on the renderer's exact counterfactuals: the ceiling of
+    every judged metric, and how often the controller accepts a perfect edit."""
     rows = defaultdict(list)
     for _, src in iid.records.iloc[:n_sources].iterrows():
         src_img = iid.images[iid_index[src["id"]]]
         for ei, edit in cf.records[cf.records["source_id"] == src["id"]].iterrows():
             success, label_kept, others_kept = judge(probe, cf.images[ei], src, edit["factor"], edit["edited_value"])
+            verdict = consistency.score(Image.fromarray(src_img), src["caption"], edit["caption"],
+                                        [Image.fromarray(cf.images[ei])])[0]
             rows[edit["edit_type"]].append({"psnr_rec": float("inf"), "success": success, "label_kept": label_kept,
                                             "others_kept": others_kept, "mse_gt": 0.0,
-                                            "mse_src": mse(cf.images[ei], src_img), "accepted": True,
-                                            "correct": success and label_kept})
+                                            "mse_src": mse(cf.images[ei], src_img), "accepted": verdict.passed,
+                                            "correct": success and label_kept, **verdict.scores})
     out = {t: summarise(v) for t, v in rows.items()}
     out["all"] = summarise([r for v in rows.values() for r in v])
     return out
@@ -195,6 +202,9 @@ def vae_reconstruction_psnr(diffusion, images: np.ndarray) -> float:
         rec = np.asarray(diffusion.decode(diffusion.encode_image(Image.fromarray(a)))[0])
         values.append(psnr(rec, a))
     return float(np.mean(values))
+
+
+SCORE_NAMES = ("directional_similarity", "image_similarity", "image_text_similarity", "text_margin")
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -214,6 +224,8 @@ def summarise(rows: list[dict]) -> dict:
         "correct": float(cor.mean()),
         "filter_precision": tp / acc.sum() if acc.sum() else float("nan"),
         "filter_recall": tp / cor.sum() if cor.sum() else float("nan"),
+        # Median consistency scores (for calibrating the controller's thresholds on world_clip).
+        **{f"median_{k}": float(np.median([r[k] for r in rows])) for k in SCORE_NAMES if k in rows[0]},
     }
 
 
