@@ -232,17 +232,31 @@ def study(dataset: str, a: argparse.Namespace) -> str:
              f"module.classifier_path={clf}",
              f"trainer.max_epochs={a.cfe_epochs}", f"hydra.run.dir={cfe_dir}"], out / "cfe.log")
     report = json.loads((cfe_dir / "filter_debugging.json").read_text())
-    sweep = out / "debug"
-    grid = [f"module.lambda_mc={','.join(map(str, a.lambda_mc))}", f"module.lambda_nonmc={','.join(map(str, a.lambda_nonmc))}",
-            f"seed={','.join(map(str, a.seeds))}"]
-    wanted = {(lm, ln, sd) for lm in a.lambda_mc for ln in a.lambda_nonmc for sd in a.seeds}
-    have = {(r["lambda_mc"], r["lambda_nonmc"], r["seed"]) for r in debug_runs(sweep)} if sweep.exists() else set()
-    if not wanted <= have:
+    # One multirun per (lambda_mc, lambda_nonmc) setting still missing, over the seeds, each in its own
+    # folder `debug-<l1>-<l2>`; every folder is read back, so settings can be added later.
+    pairs = [(lm, ln) for lm in a.lambda_mc for ln in a.lambda_nonmc]
+    pairs += [tuple(float(v) for v in e.split(":")) for e in (a.extra_settings or [])]
+    wanted = {(lm, ln, sd) for lm, ln in pairs for sd in a.seeds}
+
+    def all_runs() -> list[dict]:
+        return [r for d in sorted(out.glob("debug*")) if d.is_dir() for r in debug_runs(d)]
+
+    have = {(r["lambda_mc"], r["lambda_nonmc"], r["seed"]) for r in all_runs()}
+    for lm, ln in pairs:
+        if all((lm, ln, sd) in have for sd in a.seeds):
+            continue
+        sweep = out / f"debug-{lm:g}-{ln:g}"
         run(["-m", f"experiment={spec['debug']}", *spec["data"], *lim, f"module.classifier_path={clf}",
              f"module.global_filters_path={cfe_dir / 'checkpoints' / 'global_mc_filters.safetensors'}",
-             f"trainer.max_epochs={a.debug_epochs}", *(a.debug_overrides or []), *grid,
-             f"hydra.sweep.dir={sweep}"], out / "debug.log")
-    runs = [r for r in debug_runs(sweep) if (r["lambda_mc"], r["lambda_nonmc"], r["seed"]) in wanted]
+             f"trainer.max_epochs={a.debug_epochs}", *(a.debug_overrides or []), f"module.lambda_mc={lm}",
+             f"module.lambda_nonmc={ln}", f"seed={','.join(map(str, a.seeds))}", f"hydra.sweep.dir={sweep}"],
+            out / f"debug-{lm:g}-{ln:g}.log")
+    seen, runs = set(), []
+    for r in all_runs():  # first copy of each (setting, seed)
+        key = (r["lambda_mc"], r["lambda_nonmc"], r["seed"])
+        if key in wanted and key not in seen:
+            seen.add(key)
+            runs.append(r)
 
     parts = [f"## {dataset}", "", f"Global MC filters from {report['train_images_accumulated']} confident correct training "
              f"images; filters per class at 15%: {report['global_filter_counts']}", "",
@@ -277,6 +291,7 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--lambda-mc", nargs="+", type=float, default=[0.0, 0.01])
     p.add_argument("--lambda-nonmc", nargs="+", type=float, default=[0.0, 0.001])
+    p.add_argument("--extra-settings", nargs="*", help="more lambda_mc:lambda_nonmc pairs beyond the grid, e.g. 0.3:0.03")
     p.add_argument("--classifier-epochs", type=int, default=4)
     p.add_argument("--cfe-epochs", type=int, default=3)
     p.add_argument("--debug-epochs", type=int, default=2)
