@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--clip", default=str(ROOT / "assets/world/clip"))
     ap.add_argument("--probe", default=str(ROOT / ".cache/world_factor_probe.safetensors"))
     ap.add_argument("--probe-steps", type=int, default=1500, help="training steps when the probe is not cached")
+    ap.add_argument("--t2i", type=int, default=32, help="text-to-image samples judged by the probe (0 = skip)")
     ap.add_argument("--json", default=None, help="also write the table here")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -106,6 +107,10 @@ def main() -> None:
     consistency = ClipConsistency(world_clip_encoder(args.clip), directional=args.directional, image=args.image,
                                   image_text=args.image_text)
 
+    t2i = text_to_image_accuracy(diffusion, probe, args.t2i, args.guidance) if args.t2i else None
+    if t2i:
+        print(f"text-to-image ({args.t2i} captions, guidance {args.guidance}): probe reads the captioned value "
+              "per factor:", json.dumps({k: round(v, 3) for k, v in t2i.items()}))
     table: dict = {"ground_truth": ground_truth_rows(probe, consistency, iid, cf, iid_index, args.sources)}
     vae_psnr = vae_reconstruction_psnr(diffusion, iid.images[:args.sources])
     print(f"world_vae reconstruction PSNR on {args.sources} sources: {vae_psnr:.2f} dB (ceiling for inversion)")
@@ -162,6 +167,7 @@ def main() -> None:
     print(f"peak resident memory {peak_gb:.2f} GB (target {MEMORY_TARGET_GB} GB)")
     if args.json:
         Path(args.json).write_text(json.dumps({"table": table, "speed": speed, "peak_gb": peak_gb, "vae_psnr": vae_psnr,
+                                               "text_to_image": t2i,
                                                "probe_accuracy": probe_acc, "args": vars(args)}, indent=2))
 
 
@@ -193,6 +199,25 @@ def ground_truth_rows(probe, consistency, iid, cf, iid_index, n_sources: int) ->
     out = {t: summarise(v) for t, v in rows.items()}
     out["all"] = summarise([r for v in rows.values() for r in v])
     return out
+
+
+@torch.no_grad()
+def text_to_image_accuracy(diffusion, probe, n: int, guidance: float, seed: int = 0) -> dict[str, float]:
+    """Sample images for random independent-factor captions; share of factors the probe reads as captioned."""
+    from src.world.grammar import caption
+    from src.world.probes import FACTORS, factor_targets, render_independent
+
+    _, factors = render_independent(n, seed=seed + 777)
+    g = torch.Generator().manual_seed(seed)
+    cond = diffusion.encode_prompts([caption(f) for f in factors])
+    uncond = diffusion.encode_prompts([""] * n)
+    shape = (n, diffusion.unet.config.in_channels, *(2 * [diffusion.unet.config.sample_size]))
+    latents = torch.randn(shape, generator=g) * diffusion.scheduler.init_noise_sigma
+    for t in diffusion.timesteps:
+        latents = diffusion.step(diffusion.guided_prediction(latents, t, cond, uncond, guidance), t, latents)
+    images = np.stack([np.asarray(im) for im in diffusion.decode(latents)])
+    pred, truth = probe.predict(images), factor_targets(factors)
+    return {k: float((pred[k] == truth[k]).mean()) for k in FACTORS}
 
 
 @torch.no_grad()
