@@ -10,7 +10,8 @@ from PIL import Image
 
 from src.world.grammar import CLASSES, Factors, VOCABULARY, caption
 from src.world.models import (WORLD_CLIP_PATH, WORLD_PIPELINE_PATH, WORLD_VAE_PATH, clip_tokenizer,
-                              load_world_clip, load_world_pipeline, text_encoder_from_open_clip)
+                              load_world_clip, load_world_pipeline, text_encoder_from_open_clip,
+                              zero_shot_weights)
 from src.world.renderer import WorldRenderer
 from tests.conftest import compose_config
 
@@ -37,10 +38,9 @@ def test_world_clip_zero_shot_class_accuracy(monkeypatch):
     model, tokenizer, preprocess = load_world_clip()
     images, factors = fresh_renders(64)
     x = torch.stack([preprocess(Image.fromarray(a)) for a in images])
-    prompts = [f"a photo of a {c}" for c in CLASSES]
     with torch.no_grad():
         img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
-        txt = torch.nn.functional.normalize(model.encode_text(tokenizer(prompts)), dim=-1)
+        txt = zero_shot_weights(model, tokenizer)  # prompt ensemble over the world grammar
     pred = (img @ txt.T).argmax(1)
     labels = torch.tensor([f.label for f in factors])
     acc = (pred == labels).float().mean().item()
@@ -158,17 +158,24 @@ def _tiny_overrides(experiment: str, assets) -> list[str]:
                 "module.text_cfg.layers=1", "module.embed_dim=16"]
     if experiment == "world_vae":
         return ["module.vae_cfg.block_out_channels=[8,8,8]", "module.vae_cfg.norm_num_groups=4"]
+    if experiment == "world_vae_decoder":
+        return [f"module.init_from={assets / 'vae'}", "module.train_encoder=false"]
     return [f"module.clip_path={assets / 'clip'}", f"module.vae_path={assets / 'vae'}",
             "module.unet_cfg.block_out_channels=[16,16]", "module.unet_cfg.norm_num_groups=8"]
 
 
-@pytest.mark.parametrize("experiment", ["world_clip", "world_vae", "world_ldm"])
+@pytest.mark.parametrize("experiment", ["world_clip", "world_vae", "world_vae_decoder", "world_ldm"])
 def test_world_experiment_fast_dev_run(experiment, tiny_assets, tmp_path, world_cache):
     from src.training import run_training
 
-    overrides = [f"experiment={experiment}", *TINY_CAPTIONS, *_tiny_overrides(experiment, tiny_assets)]
+    name = experiment.removesuffix("_decoder")
+    overrides = [f"experiment={name}", *TINY_CAPTIONS, *_tiny_overrides(experiment, tiny_assets)]
     cfg = compose_config("train", overrides, tmp_path, world_cache)
     metrics, objects = run_training(cfg)
+    if experiment == "world_vae_decoder":  # only the decoder trains
+        vae = objects["module"].vae
+        assert not any(p.requires_grad for p in vae.encoder.parameters())
+        assert all(p.requires_grad for p in vae.decoder.parameters())
     loss = metrics["train/loss"]
     assert np.isfinite(loss) and loss > 0
     # fast_dev_run never exports (no weights worth keeping).

@@ -91,9 +91,11 @@ class WorldClipModule(L.LightningModule):
         return loss
 
     def _zero_shot(self, img: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        prompts = [f"a photo of a {c}" for c in self.class_names]
-        txt = F.normalize(self.model.encode_text(self.tokenizer(prompts).to(self.device)), dim=-1)
-        return ((img @ txt.T).argmax(1) == labels).float().mean()
+        """Zero-shot class accuracy with the grammar's prompt ensemble (see `src.world.models.class_prompts`)."""
+        from src.world.models import zero_shot_weights
+
+        txt = zero_shot_weights(self.model, self.tokenizer, per_class=16)
+        return ((img @ txt.T.to(img)).argmax(1) == labels).float().mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

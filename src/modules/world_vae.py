@@ -5,6 +5,9 @@ adversarial and perceptual losses (too costly here).
 Exported with `save_pretrained` (config.json + diffusion_pytorch_model.safetensors). At export the
 latent `scaling_factor` is set to 1 / std of the training latents, the way SD's 0.18215 was chosen, so
 the diffusion model sees unit-variance latents.
+
+`init_from=<vae folder> train_encoder=false` fine-tunes the decoder alone (as SD's ft-MSE decoder): the
+latent space, its scaling factor and so any diffusion model trained on it stay valid.
 """
 from __future__ import annotations
 
@@ -42,10 +45,22 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 class WorldVaeModule(L.LightningModule):
     def __init__(self, vae_cfg: dict, optimizer: Callable, scheduler: Callable | None = None,
-                 kl_weight: float = 1e-4, l1_weight: float = 0.5, export_dir: str | None = None) -> None:
+                 kl_weight: float = 1e-4, l1_weight: float = 0.5, export_dir: str | None = None,
+                 init_from: str | None = None, train_encoder: bool = True) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
-        self.vae = build_vae(vae_cfg)
+        if init_from:
+            from diffusers import AutoencoderKL
+
+            self.vae = AutoencoderKL.from_pretrained(init_from)
+        else:
+            self.vae = build_vae(vae_cfg)
+        self.train_encoder = train_encoder
+        if not train_encoder:
+            if not init_from:
+                raise ValueError("module.train_encoder=false needs module.init_from=<trained vae folder>")
+            self.vae.encoder.requires_grad_(False)
+            self.vae.quant_conv.requires_grad_(False)
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.kl_weight = kl_weight
@@ -54,13 +69,14 @@ class WorldVaeModule(L.LightningModule):
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         x = batch["image"] * 2 - 1
-        posterior = self.vae.encode(x).latent_dist
+        with torch.set_grad_enabled(self.train_encoder and torch.is_grad_enabled()):
+            posterior = self.vae.encode(x).latent_dist
         z = posterior.sample() if stage == "train" else posterior.mode()
         rec = self.vae.decode(z).sample
         mse = F.mse_loss(rec, x)
         l1 = F.l1_loss(rec, x)
         kl = posterior.kl().mean() / x[0].numel()  # per pixel, comparable to the reconstruction terms
-        loss = mse + self.l1_weight * l1 + self.kl_weight * kl
+        loss = mse + self.l1_weight * l1 + (self.kl_weight * kl if self.train_encoder else 0.0)
         bs = len(x)
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=bs)
         self.log(f"{stage}/kl", kl, batch_size=bs)
@@ -90,8 +106,10 @@ class WorldVaeModule(L.LightningModule):
         if not self.export_dir or self.trainer.fast_dev_run:
             return
         self.vae.eval()
-        scale = self.latent_scaling_factor(self.trainer.datamodule.train_dataloader())
-        self.vae.register_to_config(scaling_factor=scale)
+        if self.train_encoder:  # a frozen encoder keeps its latent space and scaling factor
+            scale = self.latent_scaling_factor(self.trainer.datamodule.train_dataloader())
+            self.vae.register_to_config(scaling_factor=scale)
+        scale = self.vae.config.scaling_factor
         self.vae.save_pretrained(self.export_dir, safe_serialization=True)
         log.info("exported world_vae to %s (latent scaling factor %.4f)", self.export_dir, scale)
 

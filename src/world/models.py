@@ -47,6 +47,38 @@ def world_clip_encoder(path: str | Path = WORLD_CLIP_PATH, device: str = "cpu"):
     return ClipEncoder(model_name=f"local-dir:{folder.resolve()}", pretrained=None, device=device)
 
 
+def class_prompts(per_class: int = 32, seed: int = 0) -> dict[str, list[str]]:
+    """World captions per class with the other factors drawn at random: the prompt ensemble for zero-shot.
+
+    world_clip was trained on full captions only, so a bare "a photo of a circle" is out of distribution
+    for it; averaging the embeddings of full captions marginalises the nuisance factors instead (CLIP's
+    prompt ensembling, with the world grammar as templates).
+    """
+    import numpy as np
+
+    from src.world.grammar import CLASSES, VOCABULARY, Factors, caption
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    for shape in CLASSES:
+        out[shape] = [caption(Factors(**{k: (shape if k == "shape" else v[rng.integers(len(v))])
+                                         for k, v in VOCABULARY.items()})) for _ in range(per_class)]
+    return out
+
+
+@torch.no_grad()
+def zero_shot_weights(model, tokenizer, per_class: int = 32, seed: int = 0) -> torch.Tensor:
+    """(num_classes x embed_dim) unit-norm class embeddings of an open_clip model from `class_prompts`."""
+    import torch.nn.functional as F
+
+    rows = []
+    device = next(model.parameters()).device
+    for prompts in class_prompts(per_class, seed).values():
+        f = F.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
+        rows.append(F.normalize(f.mean(0), dim=-1))
+    return torch.stack(rows)
+
+
 def load_world_pipeline(path: str | Path = WORLD_PIPELINE_PATH, device: str = "cpu"):
     """The world's latent diffusion model as a `diffusers.StableDiffusionPipeline`."""
     from diffusers import StableDiffusionPipeline
