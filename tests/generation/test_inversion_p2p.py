@@ -99,7 +99,7 @@ def test_word_swap_keeps_source_cross_attention_of_unchanged_tokens(model, image
 
 @pytest.mark.parametrize("latent,prediction", [(False, "epsilon"), (True, "v_prediction")])
 def test_p2p_runs_for_pixel_space_and_v_prediction(latent, prediction, image):
-    d = tiny_diffusion(latent=latent, prediction_type=prediction, image_size=16, num_inference_steps=3)
+    d = tiny_diffusion(latent=latent, prediction_type=prediction, image_size=16, num_inference_steps=2)
     inv = DDIMInverter(d).invert(image, SRC)
     out = PromptToPromptEditor(d).edit(inv, SRC, ["a photo of a red star on green grass at night"], [0.5])
     assert out.reconstruction.size == (16, 16) and out.candidates[0][0][1].size == (16, 16)

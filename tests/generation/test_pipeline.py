@@ -71,7 +71,7 @@ def test_world_oracle_end_to_end(tmp_path):
 
 
 def test_p2p_end_to_end_on_tiny_models(tmp_path):
-    d = tiny_diffusion(image_size=16, num_inference_steps=3)
+    d = tiny_diffusion(image_size=16, num_inference_steps=2)
     consistency = ClipConsistency(tiny_clip_encoder(image_size=16), directional=-1, image=-1, image_text=-1,
                                   require_closer_to_edit=False)
     pipe = GenerationPipeline(GroundTruthCaptioner(), RulePerturber(), editor=PromptToPromptEditor(d),
@@ -83,8 +83,9 @@ def test_p2p_end_to_end_on_tiny_models(tmp_path):
     assert len(acc) >= 1 and acc["self_replace_fraction"].isin([0.4, 0.8]).all()
     assert acc["directional_similarity"].notna().all()
     assert pipe.stats.inversions == 2 and len(list((tmp_path / "inv").glob("*.safetensors"))) == 2
-    # 3 inversion steps + 3 batched editing steps per image
-    assert pipe.stats.unet_evals == 2 * (3 + 3)
+    # 2 inversion steps + 2 batched editing steps per image (source + 2 edits x 2 fractions in one batch)
+    assert pipe.stats.unet_evals == 2 * (2 + 2)
+    assert pipe.stats.edit_cost.extra["unet_samples"] == 2 * 2 * 2 * 5
     _check_set(tmp_path / "set", df)
 
 
