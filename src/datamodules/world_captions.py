@@ -2,7 +2,8 @@
 the world's mini CLIP, VAE and latent diffusion model.
 
 Independent factors matter: a CLIP trained on the correlated split would learn "grass" as a synonym of
-"circle". Batches are dicts `{"image": float CHW in [0, 1], "caption": list[str], "label", "index"}`;
+"circle". Batches are dicts `{"image": float CHW in [0, 1], "caption": list[str], "label", "index",
+"factors": {factor: list[str]}}`;
 each model normalises pixels its own way (CLIP mean/std, diffusion [-1, 1]).
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from src.world.dataset import WorldSpec, build_world
-from src.world.grammar import BACKGROUNDS, CLASSES, OBJECTS
+from src.world.grammar import BACKGROUNDS, CLASSES, OBJECTS, VOCABULARY
 
 
 class CaptionedImageDataset(Dataset):
@@ -28,13 +29,19 @@ class CaptionedImageDataset(Dataset):
         self.images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
         self.captions = records["caption"].astype(str).tolist()
         self.labels = torch.tensor(records["label"].to_numpy(), dtype=torch.long)
+        # Factor values per sample (collated to {factor: [values]}): modules build hard-negative captions.
+        self.factors = records[list(VOCABULARY)].astype(str).to_dict("records") \
+            if set(VOCABULARY) <= set(records.columns) else None
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def __getitem__(self, i: int) -> dict:
-        return {"image": self.images[i].float() / 255.0, "caption": self.captions[i], "label": self.labels[i],
+        item = {"image": self.images[i].float() / 255.0, "caption": self.captions[i], "label": self.labels[i],
                 "index": i}
+        if self.factors is not None:
+            item["factors"] = self.factors[i]
+        return item
 
 
 class WorldCaptionsDataModule(L.LightningDataModule):

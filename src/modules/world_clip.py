@@ -45,18 +45,35 @@ def save_open_clip_folder(model, model_cfg: dict, folder: str | Path) -> Path:
 
 
 class WorldClipModule(L.LightningModule):
-    """Symmetric InfoNCE (open_clip's `ClipLoss`) with a learned temperature."""
+    """Symmetric InfoNCE (open_clip's `ClipLoss`) with a learned temperature, plus hard negatives.
+
+    With in-batch negatives alone, colour and background already tell captions apart, and CLIP learns
+    little about the shape (zero-shot class accuracy near chance after 700 steps, though image-to-text
+    retrieval in a batch of 64 was 97%). Hard negatives fix that shortcut (as NegCLIP does): for each image
+    one extra caption with a single factor swapped — the shape with probability `shape_negative_prob`,
+    otherwise another factor — joins the image-to-text candidates.
+    """
 
     def __init__(self, embed_dim: int, vision_cfg: dict, text_cfg: dict, optimizer: Callable,
                  scheduler: Callable | None = None, class_names: Sequence[str] | None = None,
-                 export_dir: str | None = None) -> None:
+                 export_dir: str | None = None, hard_negatives: bool = True, shape_negative_prob: float = 0.5,
+                 init_from: str | None = None) -> None:
         super().__init__()
+        # Plain containers in the checkpoint's hparams: the best epoch reloads with weights_only=True.
+        vision_cfg = plain(vision_cfg)
+        text_cfg = plain(text_cfg)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         from open_clip import ClipLoss
         from open_clip.tokenizer import SimpleTokenizer
 
         self.model_cfg = {"embed_dim": int(embed_dim), "vision_cfg": dict(vision_cfg), "text_cfg": dict(text_cfg)}
         self.model = build_clip(embed_dim, vision_cfg, text_cfg)
+        if init_from:  # continue from an exported world_clip folder
+            from safetensors.torch import load_file
+
+            self.model.load_state_dict(load_file(str(Path(init_from) / "open_clip_model.safetensors")))
+        self.hard_negatives = hard_negatives
+        self.shape_negative_prob = shape_negative_prob
         self.tokenizer = SimpleTokenizer(context_length=int(text_cfg.get("context_length", 77)))
         self.loss = ClipLoss()
         self.optimizer_factory = optimizer
@@ -74,10 +91,34 @@ class WorldClipModule(L.LightningModule):
         txt = F.normalize(self.model.encode_text(tokens), dim=-1)
         return img, txt
 
+    def negative_captions(self, factors: dict[str, list[str]]) -> list[str]:
+        """One caption per sample with a single factor swapped for another value of its vocabulary."""
+        import random
+
+        from src.world.grammar import VOCABULARY, Factors, caption
+
+        names = list(factors)
+        out = []
+        for i in range(len(factors[names[0]])):
+            f = Factors(**{k: factors[k][i] for k in names})
+            k = "shape" if random.random() < self.shape_negative_prob else random.choice(
+                [n for n in VOCABULARY if n != "shape"])
+            out.append(caption(f.replace(**{k: random.choice([v for v in VOCABULARY[k] if v != getattr(f, k)])})))
+        return out
+
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         img, txt = self.encode(batch["image"], batch["caption"])
         scale = self.model.logit_scale.exp()
         loss = self.loss(img, txt, scale)
+        if self.hard_negatives and "factors" in batch:
+            neg = F.normalize(self.model.encode_text(
+                self.tokenizer(self.negative_captions(batch["factors"])).to(self.device)), dim=-1)
+            logits = scale * img @ torch.cat([txt, neg]).T  # image -> [batch captions; hard negatives]
+            hard = F.cross_entropy(logits, torch.arange(len(img), device=self.device))
+            pair_acc = ((img * txt).sum(1) > (img * neg).sum(1)).float().mean()
+            self.log(f"{stage}/hard_loss", hard, batch_size=len(img))
+            self.log(f"{stage}/hard_pair_acc", pair_acc, prog_bar=stage != "train", batch_size=len(img))
+            loss = loss + hard
         with torch.no_grad():
             sims = img @ txt.T
             target = torch.arange(len(img), device=self.device)
@@ -119,6 +160,13 @@ class WorldClipModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         return with_scheduler(self, optimizer, self.scheduler_factory)
+
+
+def plain(cfg: Any) -> Any:
+    """A DictConfig/ListConfig as plain dicts and lists (anything else unchanged)."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, (DictConfig, ListConfig)) else cfg
 
 
 def with_scheduler(module: L.LightningModule, optimizer, scheduler_factory: Callable | None) -> Any:

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from src.modules.world_clip import with_scheduler
+from src.modules.world_clip import plain, with_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class WorldLdmModule(L.LightningModule):
                  scheduler: Callable | None = None, text_encoder_cfg: dict | None = None,
                  caption_dropout: float = 0.1, ema_decay: float = 0.995, export_dir: str | None = None) -> None:
         super().__init__()
+        # Plain containers in the checkpoint's hparams: the best epoch reloads with weights_only=True.
+        unet_cfg = plain(unet_cfg)
+        text_encoder_cfg = plain(text_encoder_cfg)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         from diffusers import AutoencoderKL, DDPMScheduler
 

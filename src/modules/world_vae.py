@@ -19,7 +19,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from src.modules.world_clip import with_scheduler
+from src.modules.world_clip import plain, with_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ class WorldVaeModule(L.LightningModule):
                  kl_weight: float = 1e-4, l1_weight: float = 0.5, export_dir: str | None = None,
                  init_from: str | None = None, train_encoder: bool = True) -> None:
         super().__init__()
+        # Plain containers in the checkpoint's hparams: the best epoch reloads with weights_only=True.
+        vae_cfg = plain(vae_cfg)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         if init_from:
             from diffusers import AutoencoderKL
