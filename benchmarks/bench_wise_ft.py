@@ -37,6 +37,8 @@ def build(name: str, size: int, cached: bool, cache_dir: str, world_cache: str, 
     dm = RepairDataModule(n_train=args.n_train, n_val=args.n_val, n_test=64, n_heldout=args.n_heldout,
                           edit_types=["background"], classes=None, cache_dir=world_cache,
                           data_config=data_config(backbone), batch_size=8)
+    dm.prepare_data()  # render the world outside the timings (every variant reads the same arrays)
+    dm.setup()
     module = WiseFTModule(backbone, 8, partial(torch.optim.Adam, lr=1e-4), test_split_names=dm.test_split_names,
                           cached_features=cached, feature_cache_dir=cache_dir if cached else None)
     return module, dm
