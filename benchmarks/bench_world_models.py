@@ -79,7 +79,8 @@ def main() -> None:
     ap.add_argument("--image-text", type=float, default=0.2)
     ap.add_argument("--pipeline", default=str(ROOT / "assets/world/ldm"))
     ap.add_argument("--clip", default=str(ROOT / "assets/world/clip"))
-    ap.add_argument("--probe", default=str(ROOT / ".cache/world_factor_probe.safetensors"))
+    ap.add_argument("--probe", default=str(ROOT / "assets/world/probe/factor_probe.safetensors"),
+                    help="cached factor probe; trained (and written here) when absent")
     ap.add_argument("--probe-steps", type=int, default=1500, help="training steps when the probe is not cached")
     ap.add_argument("--t2i", type=int, default=32, help="text-to-image samples judged by the probe (0 = skip)")
     ap.add_argument("--json", default=None, help="also write the table here")

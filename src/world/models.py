@@ -88,6 +88,15 @@ def load_world_pipeline(path: str | Path = WORLD_PIPELINE_PATH, device: str = "c
     return pipe.to(device)
 
 
+def world_diffusion(model_id: str | Path = WORLD_PIPELINE_PATH, num_inference_steps: int = 20, device: str = "cpu",
+                    dtype: str = "float32"):
+    """world_ldm as the generation engine's `DiffusionModel` (a plain function, so config checks can import it)."""
+    from src.generation.diffusion import DiffusionModel
+
+    return DiffusionModel.from_pretrained(str(model_id), num_inference_steps=num_inference_steps, device=device,
+                                          dtype=dtype, config_key="generation.diffusion.model_id")
+
+
 def clip_tokenizer(max_length: int):
     """`transformers.CLIPTokenizer` over open_clip's bundled BPE vocabulary (ids equal open_clip's)."""
     from transformers import CLIPTokenizer
