@@ -12,7 +12,6 @@ export PROJECT_ROOT := $(CURDIR)
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON_BIN) >/dev/null || { echo "need $(PYTHON_BIN) (Python 3.11) on PATH, or set PYTHON_BIN=..."; exit 1; }
 	test -d $(VENV) || $(PYTHON_BIN) -m venv $(VENV)
-	$(PY) -m pip install --upgrade --quiet pip
 	$(PY) -m pip install --quiet -e '.[test,slurm]'
 	touch $@
 

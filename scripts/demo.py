@@ -36,15 +36,34 @@ class Step:
 
 
 def steps() -> list[Step]:
-    baseline = DEMO / "baseline"
-    classifier = baseline / "checkpoints" / "classifier.safetensors"
-    evaluation = DEMO / "evaluate_baseline"
+    """Train -> generate counterfactuals -> stress test -> repair the weakest edit type -> test again."""
+    baseline = DEMO / "baseline" / "checkpoints" / "classifier.safetensors"
+    repaired = DEMO / "repair" / "checkpoints" / "classifier.safetensors"
+    stress_set, repair_set = DEMO / "sets" / "stress", DEMO / "sets" / "repair"
+    before, after = DEMO / "evaluate_baseline", DEMO / "evaluate_repaired"
+
+    def evaluate(ckpt: Path, out: Path) -> list[str]:
+        return ["evaluate.py", f"ckpt_path={ckpt}", f"counterfactuals=[counterfactuals:{stress_set}]", f"hydra.run.dir={out}"]
+
     return [
         Step("train the baseline classifier on the world",
-             ["train.py", "experiment=baseline", f"hydra.run.dir={baseline}"], classifier),
-        Step("evaluate it on every world split",
-             ["evaluate.py", f"ckpt_path={classifier}", "data=world", f"hydra.run.dir={evaluation}"],
-             evaluation / "metrics.json"),
+             ["train.py", "experiment=baseline", f"hydra.run.dir={DEMO / 'baseline'}"], baseline),
+        # Stress-test set: edits of the iid test scenes (the sources evaluate.py reports on).
+        Step("generate counterfactuals of the test images",
+             ["generate.py", f"generation.output_dir={stress_set}", "generation.max_images=200",
+              f"hydra.run.dir={DEMO / 'generate_stress'}"], stress_set / "manifest.parquet"),
+        # Repair set: edits of a held-out world (another world seed): no source is ever tested.
+        Step("generate counterfactuals of held-out images for the repair",
+             ["generate.py", f"generation.output_dir={repair_set}", "generation.source.world_seed=1",
+              "generation.max_images=400", f"hydra.run.dir={DEMO / 'generate_repair'}"], repair_set / "manifest.parquet"),
+        Step("stress-test the baseline", evaluate(baseline, before), before / "metrics.json"),
+        Step("repair the head on counterfactuals of the weakest edit type (WiSE-FT)",
+             ["train.py", "experiment=wise_ft", f"module.classifier_path={baseline}",
+              f"data.counterfactual_set={repair_set}", f"hydra.run.dir={DEMO / 'repair'}"], repaired),
+        Step("stress-test the repaired classifier", evaluate(repaired, after), after / "metrics.json"),
+        Step("write the before/after report",
+             ["-m", "src.evaluation.before_after", "--before", str(before), "--after", str(after),
+              "--out", str(DEMO / "before_after.html")], DEMO / "before_after.html"),
     ]
 
 
@@ -56,7 +75,7 @@ def main() -> None:
     except subprocess.CalledProcessError as e:
         raise SystemExit(f"[demo] step failed with exit code {e.returncode}; fix it and rerun `make demo` "
                          f"(finished steps are kept)") from None
-    print(f"[demo] all steps done; outputs in {DEMO.relative_to(ROOT)}/")
+    print(f"[demo] all steps done; open {(DEMO / 'before_after.html').relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
