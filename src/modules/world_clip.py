@@ -62,6 +62,7 @@ class WorldClipModule(L.LightningModule):
         # Plain containers in the checkpoint's hparams: the best epoch reloads with weights_only=True.
         vision_cfg = plain(vision_cfg)
         text_cfg = plain(text_cfg)
+        class_names = [str(c) for c in class_names] if class_names is not None else None
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         from open_clip import ClipLoss
         from open_clip.tokenizer import SimpleTokenizer
