@@ -39,7 +39,8 @@ def build_unet(unet_cfg: dict):
 class WorldLdmModule(L.LightningModule):
     def __init__(self, unet_cfg: dict, vae_path: str, clip_path: str | None, optimizer: Callable,
                  scheduler: Callable | None = None, text_encoder_cfg: dict | None = None,
-                 caption_dropout: float = 0.1, ema_decay: float = 0.995, export_dir: str | None = None) -> None:
+                 caption_dropout: float = 0.1, ema_decay: float = 0.995, export_dir: str | None = None,
+                 init_from: str | None = None) -> None:
         super().__init__()
         # Plain containers in the checkpoint's hparams: the best epoch reloads with weights_only=True.
         unet_cfg = plain(unet_cfg)
@@ -69,7 +70,12 @@ class WorldLdmModule(L.LightningModule):
         unet_cfg.setdefault("in_channels", self.vae.config.latent_channels)
         unet_cfg.setdefault("out_channels", self.vae.config.latent_channels)
         unet_cfg.setdefault("sample_size", self.vae.config.sample_size // 2 ** (len(self.vae.config.block_out_channels) - 1))
-        self.unet = build_unet(unet_cfg)
+        if init_from:  # continue from an exported pipeline's UNet (e.g. after world_clip changed)
+            from diffusers import UNet2DConditionModel
+
+            self.unet = UNet2DConditionModel.from_pretrained(init_from, subfolder="unet")
+        else:
+            self.unet = build_unet(unet_cfg)
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
         # A jointly trained text encoder is averaged too: the EMA UNet must see the EMA encoder's states.
         self.ema_text_encoder = (copy.deepcopy(self.text_encoder).requires_grad_(False)
