@@ -93,7 +93,6 @@ class WorldDataModule(L.LightningDataModule):
         """Any split by name (evaluation walks all of them)."""
         self.setup()
         if name not in self.splits:
-            self.splits.update({name: None})
             split = build_world(self.spec, self.cache_dir, splits=(name,))[name]
             self.splits[name] = ArrayImageDataset(split.images, split.records["label"].to_numpy(),
                                                   build_transforms(self.data_config, "none"))
