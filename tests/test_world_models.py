@@ -33,7 +33,7 @@ def fresh_renders(n: int, seed: int = 12345) -> tuple[np.ndarray, list[Factors]]
 
 # ---------------------------------------------------------------------------------------------- world_clip
 @requires_clip
-@pytest.mark.xfail(reason="issue target 0.90 not reached: the committed world_clip scores 0.18-0.20 (chance "
+@pytest.mark.xfail(reason="issue target 0.90 not reached: the committed world_clip scores 0.21 (chance "
                           "0.125); its image tower barely encodes the shape after ~20 CPU-minutes of training",
                    strict=False)
 def test_world_clip_zero_shot_class_accuracy(monkeypatch):
@@ -53,13 +53,13 @@ def test_world_clip_zero_shot_class_accuracy(monkeypatch):
 @requires_clip
 def test_world_clip_tells_single_factor_edits_apart():
     """The true caption scores above the caption with one factor swapped (what retrieval captioning and
-    the consistency checks rely on). Measured on 256 renders: colour 0.98, background 1.0, weather 1.0,
-    domain 1.0, pattern 0.95, size 0.92, shape 0.82, object 0.81, subject 0.71."""
+    the consistency checks rely on). Measured on 256 renders: colour 0.98, background 1.0, weather 0.99,
+    domain 1.0, pattern 0.97, size 0.96, shape 0.90, object 0.83, subject 0.75."""
     model, tokenizer, preprocess = load_world_clip()
     images, factors = fresh_renders(64, seed=7)
     x = torch.stack([preprocess(Image.fromarray(a)) for a in images])
     rng = np.random.default_rng(0)
-    bounds = {"colour": 0.9, "background": 0.9, "weather": 0.9, "domain": 0.9, "shape": 0.7}
+    bounds = {"colour": 0.9, "background": 0.9, "weather": 0.9, "domain": 0.9, "shape": 0.75}
     with torch.no_grad():
         img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
         true = torch.nn.functional.normalize(model.encode_text(tokenizer([caption(f) for f in factors])), dim=-1)
