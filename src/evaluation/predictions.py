@@ -53,13 +53,19 @@ class PredictionCache:
         return found, self.probs[rows[found]], self.features[rows[found]]
 
     def add(self, shas: list[str], probs: np.ndarray, features: np.ndarray) -> None:
-        new = [i for i, s in enumerate(shas) if s not in self.index]
+        # First occurrence of each unseen sha only: a set may hold the same image twice (an edit that
+        # left the pixels unchanged), and rows must stay aligned with the index.
+        new: dict[str, int] = {}
+        for i, s in enumerate(shas):
+            if s not in self.index and s not in new:
+                new[s] = i
         if not new:
             return
-        start = len(self.index)
-        for j, i in enumerate(new):
-            self.index[shas[i]] = start + j
-        p, f = probs[new].astype(np.float32), features[new].astype(np.float16)
+        start = self.probs.shape[0] if self.probs.size else 0
+        for j, s in enumerate(new):
+            self.index[s] = start + j
+        rows = list(new.values())
+        p, f = probs[rows].astype(np.float32), features[rows].astype(np.float16)
         self.probs = p if self.probs.size == 0 else np.concatenate([self.probs, p])
         self.features = f if self.features.size == 0 else np.concatenate([self.features, f])
         self._dirty = True
