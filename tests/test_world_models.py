@@ -95,6 +95,23 @@ def test_text_encoder_conversion_is_exact():
         torch.testing.assert_close(hidden[row, :n], ref[row, :n], atol=1e-5, rtol=1e-5)
 
 
+@requires_clip
+@requires_ldm
+def test_world_ldm_text_encoder_is_world_clips_text_tower():
+    """The pipeline is conditioned on world_clip's own text tower (same weights, same token ids)."""
+    model, tokenizer, _ = load_world_clip()
+    pipe = load_world_pipeline()
+    ours = text_encoder_from_open_clip(model).state_dict()
+    theirs = pipe.text_encoder.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    text = "a cartoon of a large blue dotted heart on desert sand at night next to a lamp with a robot"
+    ids = pipe.tokenizer([text], padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         return_tensors="pt").input_ids[0]
+    n = int((tokenizer([text])[0] != 0).sum())
+    assert torch.equal(ids[:n], tokenizer([text])[0, :n])
+
+
 # ---------------------------------------------------------------------------------------------- world_vae
 @requires_vae
 def test_world_vae_reconstruction_psnr(monkeypatch):
