@@ -39,22 +39,24 @@ def steps() -> list[Step]:
     """Train -> generate counterfactuals -> stress test -> repair the weakest edit type -> test again."""
     baseline = DEMO / "baseline" / "checkpoints" / "classifier.safetensors"
     repaired = DEMO / "repair" / "checkpoints" / "classifier.safetensors"
-    stress_set, repair_set = DEMO / "sets" / "stress", DEMO / "sets" / "repair"
+    stress_set, repair_set = DEMO / "sets" / "lance", DEMO / "sets" / "repair"
     before, after = DEMO / "evaluate_baseline", DEMO / "evaluate_repaired"
 
     def evaluate(ckpt: Path, out: Path) -> list[str]:
-        return ["evaluate.py", f"ckpt_path={ckpt}", f"counterfactuals=[counterfactuals:{stress_set}]", f"hydra.run.dir={out}"]
+        return ["evaluate.py", f"ckpt_path={ckpt}", f"counterfactuals=[LANCE:{stress_set}]", f"hydra.run.dir={out}"]
 
     return [
         Step("train the baseline classifier on the world",
              ["train.py", "experiment=baseline", f"hydra.run.dir={DEMO / 'baseline'}"], baseline),
-        # Stress-test set: edits of the iid test scenes (the sources evaluate.py reports on).
-        Step("generate counterfactuals of the test images",
-             ["generate.py", f"generation.output_dir={stress_set}", "generation.max_images=200",
-              f"hydra.run.dir={DEMO / 'generate_stress'}"], stress_set / "manifest.parquet"),
-        # Repair set: edits of a held-out world (another world seed): no source is ever tested.
+        # Stress-test set: LANCE (the default generator, on the world mini models) on iid test scenes.
+        # evaluate.py also reports the world's exact ground-truth counterfactuals as the set `oracle`.
+        Step("generate LANCE counterfactuals of test images",
+             ["generate.py", f"generation.output_dir={stress_set}", "generation.max_images=100",
+              f"hydra.run.dir={DEMO / 'generate_lance'}"], stress_set / "manifest.parquet"),
+        # Repair set: exact edits of a held-out world (another world seed), so no source is ever tested.
+        # The oracle generator, because the mini models accept too few edits to train on (README).
         Step("generate counterfactuals of held-out images for the repair",
-             ["generate.py", f"generation.output_dir={repair_set}", "generation.source.world_seed=1",
+             ["generate.py", "generator=oracle", f"generation.output_dir={repair_set}", "generation.source.world_seed=1",
               "generation.max_images=400", f"hydra.run.dir={DEMO / 'generate_repair'}"], repair_set / "manifest.parquet"),
         Step("stress-test the baseline", evaluate(baseline, before), before / "metrics.json"),
         Step("repair the head on counterfactuals of the weakest edit type (WiSE-FT)",

@@ -171,7 +171,8 @@ def test_generate_config_composes_and_runs(tmp_path):
     conf = Path(__file__).resolve().parents[2] / "conf"
     with initialize_config_dir(str(conf), version_base="1.3"):
         cfg = compose("generate", overrides=[
-            f"paths.root_dir={tmp_path}", "generation.name=t", "generation.max_images=3", "generation.progress=false",
+            f"paths.root_dir={tmp_path}", "generator=oracle", "generation.name=t", "generation.max_images=3",
+            "generation.progress=false",
             "generation.source.n_train=4", "generation.source.n_val=4", "generation.source.n_test=8",
             "generation/edit_filter=none"])
     GlobalHydra.instance().clear()
@@ -183,6 +184,28 @@ def test_generate_config_composes_and_runs(tmp_path):
     for combo in (["generation/diffusion=tiny", "generation/inverter=null_text", "generation/editor=p2p",
                    "generation/consistency=tiny_clip", "generation/perturber=random", "generation/captioner=blip2"],):
         with initialize_config_dir(str(conf), version_base="1.3"):
-            c = compose("generate", overrides=[f"paths.root_dir={tmp_path}", *combo])
+            c = compose("generate", overrides=[f"paths.root_dir={tmp_path}", "~generator", *combo])
         GlobalHydra.instance().clear()
         check_targets(c)
+
+
+def test_default_generator_is_lance_on_the_world_mini_models(tmp_path):
+    """`python generate.py` with no arguments: inversion + prompt-to-prompt + CLIP checks on world models."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from src.generation.task import run_generation
+
+    root = Path(__file__).resolve().parents[2]
+    with initialize_config_dir(str(root / "conf"), version_base="1.3"):
+        cfg = compose("generate", overrides=[
+            f"paths.root_dir={tmp_path}", f"paths.assets_dir={root / 'assets'}", "generation.max_images=2",
+            "generation.progress=false", "generation.diffusion.num_inference_steps=5", "generation.name=t"])
+    GlobalHydra.instance().clear()
+    assert cfg.generation.editor._target_.endswith("PromptToPromptEditor")
+    metrics, objs = run_generation(cfg)
+    assert metrics["generate/sources"] == 2
+    assert metrics["generate/unet_evals"] > 0  # the real algorithm ran: inversion and editing
+    manifest = pd.read_parquet(Path(objs["output_dir"]) / "manifest.parquet")
+    recon = manifest[manifest["edit_type"] == "reconstruction"]
+    assert len(recon) == 2 and (manifest["status"].isin(["accepted", "rejected"])).all()
