@@ -7,12 +7,12 @@ signature of its `_target_` -- `data.batch_siz=8` fails before anything runs, na
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from hydra.utils import get_object
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 
@@ -91,9 +91,8 @@ def check_targets(cfg: DictConfig, root: str = "") -> None:
 
 def _check_node(node: DictConfig, target: str, path: str) -> None:
     try:
-        module_name, _, attr = target.rpartition(".")
-        obj = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError, ValueError) as e:
+        obj = get_object(target)  # also resolves nested attributes such as Class.from_pretrained
+    except Exception as e:  # noqa: BLE001 - hydra wraps import errors in several types
         raise ConfigKeyError(f"{path or '<root>'}._target_={target!r} cannot be imported: {e}") from e
     try:
         sig = inspect.signature(obj)

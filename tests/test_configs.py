@@ -67,3 +67,15 @@ def test_slurm_launcher_config_reaches_hydra():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.array_parallelism == 16 and launcher.timeout_min == 240
+
+
+def test_classmethod_targets_are_checked(tmp_path):
+    """`_target_: Class.from_pretrained` (the real Stable Diffusion config) passes the key check."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("generate", overrides=["~generator", "generation/diffusion=sd14", "generation/editor=p2p",
+                                             "generation/inverter=null_text", "generation/consistency=clip"])
+    check_targets(cfg)
