@@ -19,6 +19,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from src.datamodules.arrays import ArrayImageDataset
+from src.datamodules.split_loaders import NamedSplitLoaders
 from src.datamodules.transforms import build_transforms
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -100,7 +101,7 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[
     return rest, held_idx
 
 
-class FashionMNISTDataModule(L.LightningDataModule):
+class FashionMNISTDataModule(NamedSplitLoaders, L.LightningDataModule):
     def __init__(
         self,
         root: str = DEFAULT_ROOT,
@@ -149,15 +150,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
         ds = self.splits[name]
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0, drop_last=shuffle and len(ds) > self.batch_size)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(name) for name in self.test_split_names]
 
     def split_dataloader(self, name: str) -> DataLoader:
         self.setup()

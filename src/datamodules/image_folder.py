@@ -27,6 +27,7 @@ from src.datamodules.image_io import (
     skip_bad_collate,
     validate_samples,
 )
+from src.datamodules.split_loaders import NamedSplitLoaders
 from src.datamodules.transforms import build_transforms
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ def holdout_split(samples: Samples, fraction: float, seed: int = 0, root: str | 
     return sorted(rest), sorted(held)
 
 
-class ImageFileDataModule(L.LightningDataModule):
+class ImageFileDataModule(NamedSplitLoaders, L.LightningDataModule):
     """Shared machinery; subclasses set `class_names`, `split_samples`, `test_split_names` in __init__."""
 
     def __init__(
@@ -124,15 +125,6 @@ class ImageFileDataModule(L.LightningDataModule):
                           persistent_workers=self.num_workers > 0,
                           collate_fn=skip_bad_collate if self.on_bad_image == "skip" else default_collate,
                           drop_last=shuffle and len(ds) > self.batch_size)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(name) for name in self.test_split_names]
 
     def split_dataloader(self, name: str) -> DataLoader:
         """Any split by name (evaluation walks all of them)."""

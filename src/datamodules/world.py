@@ -9,6 +9,7 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from src.datamodules.arrays import ArrayImageDataset
+from src.datamodules.split_loaders import NamedSplitLoaders
 from src.datamodules.transforms import build_transforms
 from src.world.dataset import SPLITS, WorldSpec, build_world
 from src.world.grammar import CLASSES
@@ -17,7 +18,7 @@ DEFAULT_DATA_CONFIG = {"input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std"
                        "interpolation": "bilinear", "crop_pct": 1.0}
 
 
-class WorldDataModule(L.LightningDataModule):
+class WorldDataModule(NamedSplitLoaders, L.LightningDataModule):
     """`train_distribution='ood'` trains on independent factors: the oracle that has no cue to learn."""
 
     def __init__(
@@ -79,15 +80,6 @@ class WorldDataModule(L.LightningDataModule):
         return DataLoader(self.splits[name], batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           drop_last=shuffle and len(self.splits[name]) > self.batch_size)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
-
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(name) for name in self.test_split_names]
 
     def split_dataloader(self, name: str) -> DataLoader:
         """Any split by name (evaluation walks all of them)."""
