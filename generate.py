@@ -1,6 +1,7 @@
 """Generate a counterfactual set (LANCE, Algorithm 1).  `python generate.py` writes one for
-Counterfactory World with the world's exact oracle editor; see conf/generate.yaml for the full LANCE
-configuration (BLIP-2, LLM perturber, Stable Diffusion + null-text inversion + prompt-to-prompt, CLIP)."""
+Counterfactory World with the world mini models (`generator=oracle`: the exact re-renders); see
+conf/generate.yaml for the full LANCE configuration (BLIP-2, LLM perturber, Stable Diffusion +
+null-text inversion + prompt-to-prompt, CLIP)."""
 from __future__ import annotations
 
 import os
@@ -11,8 +12,11 @@ os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from src.config_schema import register_schemas  # noqa: E402
 from src.generation.task import run_generation  # noqa: E402
 from src.task import metric_value, task_wrapper  # noqa: E402
+
+register_schemas()
 
 
 @task_wrapper

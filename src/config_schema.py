@@ -59,10 +59,19 @@ class EvaluateSchema(_Common):
     optimized_metric: Optional[str] = None
 
 
+@dataclass
+class GenerateSchema:
+    task_name: str = MISSING
+    paths: dict[str, Any] = field(default_factory=dict)
+    generation: dict[str, Any] = field(default_factory=dict)
+    optimized_metric: Optional[str] = None
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainSchema)
     cs.store(name="evaluate_schema", node=EvaluateSchema)
+    cs.store(name="generate_schema", node=GenerateSchema)
 
 
 class ConfigKeyError(ValueError):
