@@ -54,3 +54,15 @@ def test_multirun_through_submitit_local(tmp_path, world_cache):
         assert (run / ".hydra" / "overrides.yaml").is_file()
     logs = sorted((tmp_path / "debug" / "multiruns").glob("*/.submitit/*/*_result.pkl"))
     assert len(logs) == 2, "each job ran through submitit"
+
+
+def test_multirun_sweeps_backbones(tmp_path, world_cache):
+    """`python train.py -m model=a,b`: each job builds its own backbone and reports its metric."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PROJECT_ROOT": str(ROOT)}
+    cmd = [sys.executable, "train.py", "-m", "debug=fdr", *TINY_WORLD, f"paths.log_dir={tmp_path}",
+           f"paths.cache_dir={world_cache}", "model=small_cnn,resnet18", "model.input_size=32", "seed=1"]
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    runs = sorted((tmp_path / "debug" / "multiruns").glob("*/[0-9]"))
+    models = [(r / ".hydra" / "overrides.yaml").read_text() for r in runs]
+    assert len(runs) == 2 and "model=small_cnn" in models[0] and "model=resnet18" in models[1]
