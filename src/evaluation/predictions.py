@@ -8,7 +8,6 @@ adding a set, runs the model only on images it has not seen. One file per model:
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from tqdm.auto import tqdm
 from src.datamodules.transforms import build_transforms
 from src.evaluation.classifier import LoadedClassifier
 from src.evaluation.sets import ImageSet
+from src.sha_array_cache import ShaArrayCache
 
 log = logging.getLogger(__name__)
 
@@ -29,57 +29,20 @@ class Predictions:
     features: np.ndarray  # N x D float16 (pre-logits)
 
 
-class PredictionCache:
-    def __init__(self, folder: str | Path, model_key: str) -> None:
-        self.file = Path(folder) / "predictions" / f"{model_key}.npz"
-        self.index: dict[str, int] = {}
-        self.probs = np.zeros((0, 0), np.float32)
-        self.features = np.zeros((0, 0), np.float16)
-        if self.file.is_file():
-            with np.load(self.file) as z:
-                shas, self.probs, self.features = z["sha256"], z["probs"], z["features"]
-            self.index = {s: i for i, s in enumerate(shas.tolist())}
-        self._dirty = False
+class PredictionCache(ShaArrayCache):
+    """sha256 -> (class probabilities, pre-logits features) of one model."""
 
-    def __len__(self) -> int:
-        return len(self.index)
+    def __init__(self, folder: str | Path, model_key: str) -> None:
+        super().__init__(Path(folder) / "predictions" / f"{model_key}.npz",
+                         {"probs": np.float32, "features": np.float16})
 
     def get(self, shas: list[str]) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """(found mask, probs of found rows, features of found rows)."""
-        rows = np.array([self.index.get(s, -1) for s in shas], dtype=np.int64)
+        rows = self.rows(shas)
         found = rows >= 0
         if not found.any():
             return found, None, None
-        return found, self.probs[rows[found]], self.features[rows[found]]
-
-    def add(self, shas: list[str], probs: np.ndarray, features: np.ndarray) -> None:
-        # First occurrence of each unseen sha only: a set may hold the same image twice (an edit that
-        # left the pixels unchanged), and rows must stay aligned with the index.
-        new: dict[str, int] = {}
-        for i, s in enumerate(shas):
-            if s not in self.index and s not in new:
-                new[s] = i
-        if not new:
-            return
-        start = self.probs.shape[0] if self.probs.size else 0
-        for j, s in enumerate(new):
-            self.index[s] = start + j
-        rows = list(new.values())
-        p, f = probs[rows].astype(np.float32), features[rows].astype(np.float16)
-        self.probs = p if self.probs.size == 0 else np.concatenate([self.probs, p])
-        self.features = f if self.features.size == 0 else np.concatenate([self.features, f])
-        self._dirty = True
-
-    def save(self) -> None:
-        if not self._dirty:
-            return
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
-        shas = np.array(sorted(self.index, key=self.index.get))
-        with open(tmp, "wb") as fh:
-            np.savez(fh, sha256=shas, probs=self.probs, features=self.features)
-        tmp.replace(self.file)
-        self._dirty = False
+        return found, self.arrays["probs"][rows[found]], self.arrays["features"][rows[found]]
 
 
 class Predictor:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ from tqdm.auto import tqdm
 from src.datamodules.transforms import build_transforms
 from src.evaluation.classifier import model_fingerprint
 from src.evaluation.sets import sha256_of_array
+from src.sha_array_cache import ShaArrayCache
 
 log = logging.getLogger(__name__)
 
@@ -47,46 +47,17 @@ def pre_logits(backbone: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return backbone.forward_head(backbone.forward_features(x), pre_logits=True).flatten(1)
 
 
-class FeatureCache:
+class FeatureCache(ShaArrayCache):
     """sha256 -> float32 feature vector, one .npz per body hash (written atomically)."""
 
     def __init__(self, folder: str | Path, key: str) -> None:
-        self.file = Path(folder) / "features" / f"{key}.npz"
-        self.index: dict[str, int] = {}
-        self.features = np.zeros((0, 0), np.float32)
-        if self.file.is_file():
-            with np.load(self.file) as z:
-                shas, self.features = z["sha256"], z["features"]
-            self.index = {s: i for i, s in enumerate(shas.tolist())}
-        self._dirty = False
+        super().__init__(Path(folder) / "features" / f"{key}.npz", {"features": np.float32})
 
-    def __len__(self) -> int:
-        return len(self.index)
+    @property
+    def features(self) -> np.ndarray:
+        return self.arrays["features"]
 
-    def lookup(self, shas: list[str]) -> np.ndarray:
-        """Row of each sha in the cache, -1 where missing."""
-        return np.array([self.index.get(s, -1) for s in shas], dtype=np.int64)
-
-    def add(self, shas: list[str], features: np.ndarray) -> None:
-        new = [i for i, s in enumerate(shas) if s not in self.index]
-        if not new:
-            return
-        start = len(self.index)
-        for j, i in enumerate(new):
-            self.index[shas[i]] = start + j
-        f = features[new].astype(np.float32)
-        self.features = f if self.features.size == 0 else np.concatenate([self.features, f])
-        self._dirty = True
-
-    def save(self) -> None:
-        if not self._dirty:
-            return
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, sha256=np.array(sorted(self.index, key=self.index.get)), features=self.features)
-        tmp.replace(self.file)
-        self._dirty = False
+    lookup = ShaArrayCache.rows
 
 
 class FeatureExtractor:
