@@ -88,3 +88,15 @@ def test_cache_round_trip(tmp_path):
     np.testing.assert_array_equal(first.images, again.images)
     assert first.records.equals(again.records)
     assert caption(BASE) == "a photo of a small red striped star on white snow at night next to a tree with a dog"
+
+
+def test_partial_captions_mention_only_the_named_factors():
+    from src.world.grammar import Factors, caption
+
+    f = Factors(shape="star", colour="red", pattern="striped", size="small", background="snow",
+                weather="night", domain="photo", object="tree", subject="dog")
+    assert caption(f) == "a photo of a small red striped star on white snow at night next to a tree with a dog"
+    assert caption(f, {"shape"}) == "a star"
+    assert caption(f, {"shape", "background", "domain"}) == "a photo of a star on white snow"
+    with pytest.raises(ValueError, match="colr"):
+        caption(f, {"shape", "colr"})

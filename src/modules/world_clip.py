@@ -57,7 +57,7 @@ class WorldClipModule(L.LightningModule):
     def __init__(self, embed_dim: int, vision_cfg: dict, text_cfg: dict, optimizer: Callable,
                  scheduler: Callable | None = None, class_names: Sequence[str] | None = None,
                  export_dir: str | None = None, hard_negatives: bool = True, shape_negative_prob: float = 0.5,
-                 init_from: str | None = None) -> None:
+                 partial_caption_prob: float = 0.0, init_from: str | None = None) -> None:
         super().__init__()
         # Plain containers in the checkpoint's hparams: the best epoch reloads with weights_only=True.
         vision_cfg = plain(vision_cfg)
@@ -75,6 +75,9 @@ class WorldClipModule(L.LightningModule):
             self.model.load_state_dict(load_file(str(Path(init_from) / "open_clip_model.safetensors")))
         self.hard_negatives = hard_negatives
         self.shape_negative_prob = shape_negative_prob
+        if not 0.0 <= partial_caption_prob <= 1.0:
+            raise ValueError(f"module.partial_caption_prob must be in [0, 1], got {partial_caption_prob}")
+        self.partial_caption_prob = partial_caption_prob
         self.tokenizer = SimpleTokenizer(context_length=int(text_cfg.get("context_length", 77)))
         self.loss = ClipLoss()
         self.optimizer_factory = optimizer
@@ -92,28 +95,42 @@ class WorldClipModule(L.LightningModule):
         txt = F.normalize(self.model.encode_text(tokens), dim=-1)
         return img, txt
 
-    def negative_captions(self, factors: dict[str, list[str]]) -> list[str]:
-        """One caption per sample with a single factor swapped for another value of its vocabulary."""
+    def training_captions(self, factors: dict[str, list[str]], partial: bool) -> tuple[list[str], list[str]]:
+        """(caption, hard-negative caption) per sample.
+
+        With probability `partial_caption_prob` (training only) a caption mentions the shape and each other
+        factor with probability 1/2 ('a star', 'a red star at night', ...). Full captions only let colour
+        and background separate a batch; a partial caption that names little but the shape makes the shape
+        the text's main content, which is what zero-shot class prompts need. The hard negative swaps one
+        mentioned factor (the shape with probability `shape_negative_prob`) in the same partial caption.
+        """
         import random
 
         from src.world.grammar import VOCABULARY, Factors, caption
 
         names = list(factors)
-        out = []
+        positives, negatives = [], []
         for i in range(len(factors[names[0]])):
             f = Factors(**{k: factors[k][i] for k in names})
-            k = "shape" if random.random() < self.shape_negative_prob else random.choice(
-                [n for n in VOCABULARY if n != "shape"])
-            out.append(caption(f.replace(**{k: random.choice([v for v in VOCABULARY[k] if v != getattr(f, k)])})))
-        return out
+            mention = set(VOCABULARY)
+            if partial and random.random() < self.partial_caption_prob:
+                mention = {"shape"} | {k for k in VOCABULARY if k != "shape" and random.random() < 0.5}
+            others = [n for n in mention if n != "shape"]
+            k = "shape" if not others or random.random() < self.shape_negative_prob else random.choice(others)
+            swapped = f.replace(**{k: random.choice([v for v in VOCABULARY[k] if v != getattr(f, k)])})
+            positives.append(caption(f, mention))
+            negatives.append(caption(swapped, mention))
+        return positives, negatives
 
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        img, txt = self.encode(batch["image"], batch["caption"])
+        captions, negatives = list(batch["caption"]), None
+        if "factors" in batch and (self.hard_negatives or self.partial_caption_prob > 0):
+            captions, negatives = self.training_captions(batch["factors"], partial=stage == "train")
+        img, txt = self.encode(batch["image"], captions)
         scale = self.model.logit_scale.exp()
         loss = self.loss(img, txt, scale)
-        if self.hard_negatives and "factors" in batch:
-            neg = F.normalize(self.model.encode_text(
-                self.tokenizer(self.negative_captions(batch["factors"])).to(self.device)), dim=-1)
+        if self.hard_negatives and negatives is not None:
+            neg = F.normalize(self.model.encode_text(self.tokenizer(negatives).to(self.device)), dim=-1)
             logits = scale * img @ torch.cat([txt, neg]).T  # image -> [batch captions; hard negatives]
             hard = F.cross_entropy(logits, torch.arange(len(img), device=self.device))
             pair_acc = ((img * txt).sum(1) > (img * neg).sum(1)).float().mean()

@@ -109,9 +109,20 @@ def phrases(f: Factors) -> dict[str, str]:
 CAPTION_ORDER = ("domain", "size", "colour", "pattern", "shape", "background", "weather", "object", "subject")
 
 
-def caption(f: Factors) -> str:
-    """E.g. 'a photo of a small red striped star on white snow at night next to a tree with a dog'."""
+def caption(f: Factors, mention: "set[str] | None" = None) -> str:
+    """E.g. 'a photo of a small red striped star on white snow at night next to a tree with a dog'.
+
+    `mention` names the factors the caption speaks of (all by default); a partial caption such as
+    'a star on white snow' or 'a star' is what a web caption of less detail would say.
+    """
     p = phrases(f)
+    if mention is not None:
+        unknown = set(mention) - set(CAPTION_ORDER)
+        if unknown:
+            raise ValueError(f"caption: unknown factors {sorted(unknown)}; expected some of {CAPTION_ORDER}")
+        p = {k: (v if k in mention else "") for k, v in p.items()}
+        if not p["domain"]:
+            p["domain"] = "a"
     return " ".join(p[k] for k in CAPTION_ORDER if p[k])
 
 
