@@ -52,6 +52,7 @@ def mse(a: np.ndarray, b: np.ndarray) -> float:
 
 def build_inverter(name: str, diffusion, guidance: float, null_inner_steps: int):
     from src.generation.inverter_ddim import DDIMInverter
+    from src.generation.inverter_direct import DirectInverter
     from src.generation.inverter_negative_prompt import NegativePromptInverter
     from src.generation.inverter_null_text import NullTextInverter
 
@@ -61,6 +62,8 @@ def build_inverter(name: str, diffusion, guidance: float, null_inner_steps: int)
         return NullTextInverter(diffusion=diffusion, guidance_scale=guidance, num_inner_steps=null_inner_steps)
     if name == "ddim":
         return DDIMInverter(diffusion=diffusion, guidance_scale=guidance)
+    if name == "direct":
+        return DirectInverter(diffusion=diffusion, guidance_scale=guidance)
     raise ValueError(f"--inverters: unknown inverter {name!r}")
 
 

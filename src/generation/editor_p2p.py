@@ -81,6 +81,8 @@ class PromptToPromptEditor:
                 uncond = inversion.uncond_at(i).to(d.device, d.dtype).expand(b, -1, -1)
                 eps = d.guided_prediction(latents, t, cond, uncond, self.guidance_scale)
                 latents = d.step(eps, t, latents)
+                if inversion.pin_source:  # direct inversion: the source branch stays on the trajectory
+                    latents[0] = inversion.latent_after(i).to(latents)
         return d.decode(latents)
 
     def edit(self, inversion: Inversion, source_prompt: str, prompts: list[str], fractions: list[float]) -> EditOutput:

@@ -18,7 +18,8 @@ from src.generation.types import Cost
 class Inversion:
     """latents[0] is the clean latent x_0, latents[-1] the noise x_T (sampling starts there).
     uncond_embeddings[i] is the null/negative embedding for sampling step i (shape T x L x D, or 1 x L x D
-    when constant)."""
+    when constant). `pin_source`: the editor puts its source branch back on `latents` after every step
+    (direct inversion)."""
 
     latents: torch.Tensor  # (T + 1) x C x H x W
     uncond_embeddings: torch.Tensor  # T x L x D or 1 x L x D
@@ -26,10 +27,15 @@ class Inversion:
     guidance_scale: float
     method: str
     cost: Cost = field(default_factory=Cost)
+    pin_source: bool = False
 
     @property
     def num_steps(self) -> int:
         return self.latents.shape[0] - 1
+
+    def latent_after(self, step: int) -> torch.Tensor:
+        """The trajectory's latent after sampling step `step` (x_{T-1} after step 0, x_0 after the last)."""
+        return self.latents[self.num_steps - 1 - step]
 
     def uncond_at(self, step: int) -> torch.Tensor:
         """Null embedding (1 x L x D) for sampling step `step` (0 = first, noisiest step)."""
@@ -40,6 +46,7 @@ class Inversion:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"prompt": self.prompt, "guidance_scale": str(self.guidance_scale), "method": self.method,
+                "pin_source": str(int(self.pin_source)),
                 "cost": json.dumps({"unet_evals": self.cost.unet_evals, "seconds": self.cost.seconds,
                                     "extra": self.cost.extra})}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -56,7 +63,8 @@ class Inversion:
         tensors = load_file(str(path), device=str(device))
         cost = json.loads(meta["cost"])
         return cls(tensors["latents"], tensors["uncond_embeddings"], meta["prompt"], float(meta["guidance_scale"]),
-                   meta["method"], Cost(cost["unet_evals"], cost["seconds"], cost.get("extra", {})))
+                   meta["method"], Cost(cost["unet_evals"], cost["seconds"], cost.get("extra", {})),
+                   pin_source=meta.get("pin_source", "0") == "1")
 
 
 class InversionCache:

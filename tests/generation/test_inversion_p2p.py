@@ -9,6 +9,7 @@ from PIL import Image
 from src.generation.editor_p2p import PromptToPromptEditor
 from src.generation.inversion import Inversion
 from src.generation.inverter_ddim import DDIMInverter
+from src.generation.inverter_direct import DirectInverter
 from src.generation.inverter_negative_prompt import NegativePromptInverter
 from src.generation.inverter_null_text import NullTextInverter
 from src.generation.seq_aligner import word_token_indices
@@ -103,3 +104,28 @@ def test_p2p_runs_for_pixel_space_and_v_prediction(latent, prediction, image):
     inv = DDIMInverter(d).invert(image, SRC)
     out = PromptToPromptEditor(d).edit(inv, SRC, ["a photo of a red star on green grass at night"], [0.5])
     assert out.reconstruction.size == (16, 16) and out.candidates[0][0][1].size == (16, 16)
+
+
+def test_direct_inversion_reconstructs_exactly_where_ddim_drifts(model, image):
+    """Pinning the source branch to the inversion trajectory gives back x_0 at guidance 7.5; the edited
+    branch still follows its own prompt."""
+    ddim = DDIMInverter(model, guidance_scale=7.5).invert(image, SRC)
+    direct = DirectInverter(model, guidance_scale=7.5).invert(image, SRC)
+    assert direct.pin_source and not ddim.pin_source
+    assert torch.equal(direct.latents, ddim.latents) and direct.cost.unet_evals == ddim.cost.unet_evals
+    editor = PromptToPromptEditor(model, guidance_scale=7.5)
+    target = "a photo of a blue star on green grass"
+    rec_direct = np.asarray(editor.edit(direct, SRC, [target], [0.5]).reconstruction).astype(int)
+    out_ddim = editor.edit(ddim, SRC, [target], [0.5])
+    decoded_x0 = np.asarray(model.decode(direct.latents[:1])[0]).astype(int)
+    assert np.abs(rec_direct - decoded_x0).max() <= 1
+    assert np.abs(np.asarray(out_ddim.reconstruction).astype(int) - decoded_x0).max() > 1
+    edited = np.asarray(editor.edit(direct, SRC, [target], [0.5]).candidates[0][0][1]).astype(int)
+    assert np.abs(edited - rec_direct).max() > 1
+
+
+def test_inversion_round_trip_keeps_pin_source(model, image, tmp_path):
+    inv = DirectInverter(model).invert(image, SRC)
+    inv.save(tmp_path / "direct.safetensors")
+    back = Inversion.load(tmp_path / "direct.safetensors")
+    assert back.pin_source and back.method == "direct"
