@@ -179,15 +179,69 @@ TINY_CAPTIONS = ["data.n_train=64", "data.n_val=32", "data.batch_size=16", "debu
 
 def _tiny_overrides(experiment: str, assets) -> list[str]:
     if experiment == "world_clip":
-        return ["module.vision_cfg.width=16", "module.vision_cfg.head_width=8", "module.vision_cfg.layers=1",
-                "module.vision_cfg.patch_size=8", "module.text_cfg.width=16",
+        return ["module.vision_cfg.width=8", "module.vision_cfg.head_width=8", "module.vision_cfg.layers=[1,1,1,1]",
+                "module.text_cfg.width=16",
                 "module.text_cfg.layers=1", "module.embed_dim=16"]
     if experiment == "world_vae":
         return ["module.vae_cfg.block_out_channels=[8,8,8]", "module.vae_cfg.norm_num_groups=4"]
     if experiment == "world_vae_decoder":
         return [f"module.init_from={assets / 'vae'}", "module.train_encoder=false"]
     return [f"module.clip_path={assets / 'clip'}", f"module.vae_path={assets / 'vae'}",
-            "module.unet_cfg.block_out_channels=[16,16]", "module.unet_cfg.norm_num_groups=8"]
+            "module.unet_cfg.block_out_channels=[16,16,16]", "module.unet_cfg.norm_num_groups=8"]
+
+
+def test_world_clip_partial_captions_and_hard_negatives():
+    """Training captions always name the shape; the hard negative swaps exactly one mentioned phrase."""
+    import random
+
+    from src.modules.world_clip import WorldClipModule
+    from src.world.grammar import phrases
+
+    random.seed(0)
+    cfg = {"image_size": 32, "patch_size": 8, "layers": 1, "width": 16, "head_width": 8}
+    text_cfg = {"context_length": 32, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}
+    module = WorldClipModule(16, cfg, text_cfg, optimizer=None, partial_caption_prob=1.0)
+    _, factors = fresh_renders(200, seed=5)
+    batch = {k: [getattr(f, k) for f in factors] for k in VOCABULARY}
+    positives, negatives = module.training_captions(batch, partial=True)
+    full = [caption(f) for f in factors]
+    assert sum(p != c for p, c in zip(positives, full)) > 190  # nearly all shortened
+    for f, pos, neg in zip(factors, positives, negatives):
+        assert f" {f.shape}" in f" {pos}"
+        changed = [k for k, p in phrases(f).items() if p in pos and p not in neg]
+        assert len(changed) == 1, (pos, neg)
+    shape_swaps = sum(not any(f" {c}" in f" {n}" for c in [f.shape]) for f, n in zip(factors, negatives))
+    assert 60 < shape_swaps < 140  # shape_negative_prob 0.5
+    positives, _ = module.training_captions(batch, partial=False)  # validation: full captions
+    assert positives == full
+    with pytest.raises(ValueError, match="partial_caption_prob"):
+        WorldClipModule(16, cfg, text_cfg, optimizer=None, partial_caption_prob=1.5)
+
+
+def test_world_clip_shape_twins_differ_from_their_scene_in_the_shape_only():
+    """The text-to-image hard negative is the scene's exact counterfactual with another shape."""
+    import random
+
+    from src.modules.world_clip import WorldClipModule
+    from src.world.renderer import Scene
+
+    random.seed(1)
+    module = WorldClipModule(16, {"image_size": 32, "layers": [1, 1, 1, 1], "width": 8, "head_width": 8},
+                             {"context_length": 32, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1},
+                             optimizer=None, shape_twins=True)
+    _, factors = fresh_renders(16, seed=21)
+    seeds = list(range(100, 116))
+    renderer = WorldRenderer(32)
+    batch = {k: [getattr(f, k) for f in factors] for k in VOCABULARY}
+    twins = (module.render_shape_twins(batch, torch.tensor(seeds)) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    for f, seed, twin in zip(factors, seeds, twins):
+        original = renderer.render(f, seed)
+        changed = np.any(original != twin, axis=-1)
+        assert changed.any()
+        # Only pixels the shape owns before or after may change (whichever new shape was drawn).
+        allowed = np.any([renderer.owned_mask(Scene(f, seed), "shape", c) for c in VOCABULARY["shape"]
+                          if c != f.shape], axis=0)
+        assert not (changed & ~allowed).any()
 
 
 @pytest.mark.parametrize("experiment", ["world_clip", "world_vae", "world_vae_decoder", "world_ldm"])

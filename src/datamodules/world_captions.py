@@ -3,7 +3,7 @@ the world's mini CLIP, VAE and latent diffusion model.
 
 Independent factors matter: a CLIP trained on the correlated split would learn "grass" as a synonym of
 "circle". Batches are dicts `{"image": float CHW in [0, 1], "caption": list[str], "label", "index",
-"factors": {factor: list[str]}}`;
+"factors": {factor: list[str]}, "seed"}` (factors + seed redraw the scene);
 each model normalises pixels its own way (CLIP mean/std, diffusion [-1, 1]).
 """
 from __future__ import annotations
@@ -32,6 +32,8 @@ class CaptionedImageDataset(Dataset):
         # Factor values per sample (collated to {factor: [values]}): modules build hard-negative captions.
         self.factors = records[list(VOCABULARY)].astype(str).to_dict("records") \
             if set(VOCABULARY) <= set(records.columns) else None
+        # Render seeds: with the factors they redraw a scene exactly (modules render counterfactual twins).
+        self.seeds = records["seed"].astype("int64").tolist() if "seed" in records.columns else None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -41,6 +43,8 @@ class CaptionedImageDataset(Dataset):
                 "index": i}
         if self.factors is not None:
             item["factors"] = self.factors[i]
+        if self.seeds is not None:
+            item["seed"] = self.seeds[i]
         return item
 
 

@@ -52,12 +52,19 @@ class WorldClipModule(L.LightningModule):
     retrieval in a batch of 64 was 97%). Hard negatives fix that shortcut (as NegCLIP does): for each image
     one extra caption with a single factor swapped — the shape with probability `shape_negative_prob`,
     otherwise another factor — joins the image-to-text candidates.
+
+    Text hard negatives teach the text tower; the image tower still learnt colour and background and
+    barely the shape (a linear probe on its embedding read the shape in 18-30% of renders). With
+    `shape_twins` each image's exact counterfactual with another shape (the renderer redraws the scene
+    from its seed) joins the text-to-image candidates: the twin differs from the image in the shape
+    alone, so only a shape feature tells them apart.
     """
 
     def __init__(self, embed_dim: int, vision_cfg: dict, text_cfg: dict, optimizer: Callable,
                  scheduler: Callable | None = None, class_names: Sequence[str] | None = None,
                  export_dir: str | None = None, hard_negatives: bool = True, shape_negative_prob: float = 0.5,
-                 partial_caption_prob: float = 0.0, init_from: str | None = None) -> None:
+                 partial_caption_prob: float = 0.0, shape_twins: bool = False,
+                 init_from: str | None = None) -> None:
         super().__init__()
         # Plain containers in the checkpoint's hparams: the best epoch reloads with weights_only=True.
         vision_cfg = plain(vision_cfg)
@@ -78,6 +85,7 @@ class WorldClipModule(L.LightningModule):
         if not 0.0 <= partial_caption_prob <= 1.0:
             raise ValueError(f"module.partial_caption_prob must be in [0, 1], got {partial_caption_prob}")
         self.partial_caption_prob = partial_caption_prob
+        self.shape_twins = shape_twins
         self.tokenizer = SimpleTokenizer(context_length=int(text_cfg.get("context_length", 77)))
         self.loss = ClipLoss()
         self.optimizer_factory = optimizer
@@ -122,6 +130,24 @@ class WorldClipModule(L.LightningModule):
             negatives.append(caption(swapped, mention))
         return positives, negatives
 
+    def render_shape_twins(self, factors: dict[str, list[str]], seeds) -> torch.Tensor:
+        """Each scene redrawn (same seed, same everything else) with another shape: N x 3 x H x W in [0, 1]."""
+        import random
+
+        import numpy as np
+
+        from src.world.grammar import CLASSES, VOCABULARY, Factors
+        from src.world.renderer import WorldRenderer
+
+        renderer = WorldRenderer(int(self.model_cfg["vision_cfg"]["image_size"]))
+        names = list(factors)
+        images = []
+        for i, seed in enumerate(seeds.tolist() if torch.is_tensor(seeds) else seeds):
+            f = Factors(**{k: factors[k][i] for k in names if k in VOCABULARY})
+            images.append(renderer.render(f.replace(shape=random.choice([c for c in CLASSES if c != f.shape])),
+                                          int(seed)))
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255).to(self.device)
+
     def _step(self, batch: dict, stage: str) -> torch.Tensor:
         captions, negatives = list(batch["caption"]), None
         if "factors" in batch and (self.hard_negatives or self.partial_caption_prob > 0):
@@ -129,6 +155,15 @@ class WorldClipModule(L.LightningModule):
         img, txt = self.encode(batch["image"], captions)
         scale = self.model.logit_scale.exp()
         loss = self.loss(img, txt, scale)
+        if self.shape_twins and "seed" in batch and "factors" in batch and stage == "train":
+            twins = self.render_shape_twins(batch["factors"], batch["seed"])
+            twin = F.normalize(self.model.encode_image((twins - self.mean) / self.std), dim=-1)
+            logits = scale * txt @ torch.cat([img, twin]).T  # caption -> [batch images; shape twins]
+            twin_loss = F.cross_entropy(logits, torch.arange(len(img), device=self.device))
+            self.log(f"{stage}/twin_loss", twin_loss, batch_size=len(img))
+            self.log(f"{stage}/twin_pair_acc", ((txt * img).sum(1) > (txt * twin).sum(1)).float().mean(),
+                     batch_size=len(img))
+            loss = loss + twin_loss
         if self.hard_negatives and negatives is not None:
             neg = F.normalize(self.model.encode_text(self.tokenizer(negatives).to(self.device)), dim=-1)
             logits = scale * img @ torch.cat([txt, neg]).T  # image -> [batch captions; hard negatives]

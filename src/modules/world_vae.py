@@ -1,4 +1,4 @@
-"""world_vae: a diffusers `AutoencoderKL` trained on Counterfactory World images (32x32x3 -> 8x8x4 by
+"""world_vae: a diffusers `AutoencoderKL` trained on Counterfactory World images (32x32x3 -> 16x16x4 by
 default): pixel reconstruction (MSE + L1) plus a small KL term, as in Stable Diffusion's VAE minus the
 adversarial and perceptual losses (too costly here).
 
