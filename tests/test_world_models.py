@@ -260,3 +260,18 @@ def test_world_experiment_fast_dev_run(experiment, tiny_assets, tmp_path, world_
     assert np.isfinite(loss) and loss > 0
     # fast_dev_run never exports (no weights worth keeping).
     assert not any(tmp_path.glob("world_*"))
+
+
+def test_world_clip_lock_text_trains_the_image_tower_alone(tiny_assets):
+    from src.modules.world_clip import WorldClipModule
+
+    vision = {"image_size": 32, "patch_size": 8, "layers": 1, "width": 16, "head_width": 8}
+    text = {"context_length": 32, "vocab_size": 49408, "width": 16, "heads": 2, "layers": 1}
+    module = WorldClipModule(16, vision, text, optimizer=None, init_from=str(tiny_assets / "clip"), lock_text=True)
+    model = module.model
+    text_params = [model.token_embedding.weight, model.positional_embedding, model.text_projection,
+                   *model.transformer.parameters(), *model.ln_final.parameters()]
+    assert not any(p.requires_grad for p in text_params)
+    assert all(p.requires_grad for p in model.visual.parameters())
+    with pytest.raises(ValueError, match="init_from"):
+        WorldClipModule(16, vision, text, optimizer=None, lock_text=True)

@@ -64,7 +64,7 @@ class WorldClipModule(L.LightningModule):
                  scheduler: Callable | None = None, class_names: Sequence[str] | None = None,
                  export_dir: str | None = None, hard_negatives: bool = True, shape_negative_prob: float = 0.5,
                  partial_caption_prob: float = 0.0, shape_twins: bool = False,
-                 init_from: str | None = None) -> None:
+                 init_from: str | None = None, lock_text: bool = False) -> None:
         super().__init__()
         # Plain containers in the checkpoint's hparams: the best epoch reloads with weights_only=True.
         vision_cfg = plain(vision_cfg)
@@ -80,6 +80,10 @@ class WorldClipModule(L.LightningModule):
             from safetensors.torch import load_file
 
             self.model.load_state_dict(load_file(str(Path(init_from) / "open_clip_model.safetensors")))
+        if lock_text:  # world_ldm is conditioned on the text tower: train the image tower alone
+            if not init_from:
+                raise ValueError("module.lock_text=true needs module.init_from=<trained world_clip folder>")
+            self.model.lock_text_tower()
         self.hard_negatives = hard_negatives
         self.shape_negative_prob = shape_negative_prob
         if not 0.0 <= partial_caption_prob <= 1.0:
