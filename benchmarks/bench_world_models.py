@@ -8,7 +8,8 @@ Sources are iid test scenes; each has one exact single-factor counterfactual per
 - psnr_rec: PSNR (dB) of the decoded inversion (p2p's source sample) vs the source image;
 - success: the probe reads the edited factor's new value in x' (selected candidate);
 - label_kept: the probe's class head (trained on independent factors, i.e. the `ood` distribution)
-  still reads the source class;
+  still reads the source class; label_kept_seen: the same over the edits whose source the probe
+  classifies correctly (the class it saw is still seen);
 - others_kept: fraction of unchanged factors the probe still reads as in the source;
 - closer_to_gt: share of edits with MSE(x', ground-truth counterfactual) < MSE(x', source), and both MSEs;
 - accept: acceptance rate of world_clip's consistency controller, and its precision/recall against the
@@ -74,7 +75,7 @@ def main() -> None:
     ap.add_argument("--guidance", type=float, default=3.0)
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.4, 0.6, 0.8])
     ap.add_argument("--cross-replace", type=float, default=0.8)
-    ap.add_argument("--inverters", nargs="+", default=["negative_prompt", "null_text", "ddim"])
+    ap.add_argument("--inverters", nargs="+", default=["negative_prompt", "null_text", "ddim", "direct"])
     ap.add_argument("--null-text-sources", type=int, default=8, help="null-text is slow: fewer sources")
     ap.add_argument("--null-inner-steps", type=int, default=10)
     ap.add_argument("--directional", type=float, default=0.2)
@@ -128,6 +129,7 @@ def main() -> None:
         for _, src in tqdm(list(sources.iterrows()), desc=inv_name):
             src_img = iid.images[iid_index[src["id"]]]
             edits = cf.records[cf.records["source_id"] == src["id"]]
+            src_seen = bool(probe.predict(src_img[None])["shape"][0] == int(src["label"]))
             inversion = inverter.invert(Image.fromarray(src_img), src["caption"])
             out = editor.edit(inversion, src["caption"], list(edits["caption"]), list(args.fractions))
             rec = np.asarray(out.reconstruction)
@@ -143,6 +145,7 @@ def main() -> None:
                 success, label_kept, others_kept = judge(probe, x_edit, src, edit["factor"], edit["edited_value"])
                 rows[edit["edit_type"]].append({
                     "psnr_rec": psnr(rec, src_img), "success": success, "label_kept": label_kept,
+                    "source_seen": src_seen,
                     "others_kept": others_kept, "mse_gt": mse(x_edit, gt), "mse_src": mse(x_edit, src_img),
                     "accepted": accepted, "correct": success and label_kept, **verdicts[pick].scores,
                 })
@@ -192,11 +195,13 @@ def ground_truth_rows(probe, consistency, iid, cf, iid_index, n_sources: int) ->
     rows = defaultdict(list)
     for _, src in iid.records.iloc[:n_sources].iterrows():
         src_img = iid.images[iid_index[src["id"]]]
+        src_seen = bool(probe.predict(src_img[None])["shape"][0] == int(src["label"]))
         for ei, edit in cf.records[cf.records["source_id"] == src["id"]].iterrows():
             success, label_kept, others_kept = judge(probe, cf.images[ei], src, edit["factor"], edit["edited_value"])
             verdict = consistency.score(Image.fromarray(src_img), src["caption"], edit["caption"],
                                         [Image.fromarray(cf.images[ei])])[0]
             rows[edit["edit_type"]].append({"psnr_rec": float("inf"), "success": success, "label_kept": label_kept,
+                                            "source_seen": src_seen,
                                             "others_kept": others_kept, "mse_gt": 0.0,
                                             "mse_src": mse(cf.images[ei], src_img), "accepted": verdict.passed,
                                             "correct": success and label_kept, **verdict.scores})
@@ -245,6 +250,8 @@ def summarise(rows: list[dict]) -> dict:
         "psnr_rec": float(np.mean([r["psnr_rec"] for r in rows])),
         "success": float(np.mean([r["success"] for r in rows])),
         "label_kept": float(np.mean([r["label_kept"] for r in rows])),
+        # Of the edits whose source the probe classifies correctly: does it still see the class in x'?
+        "label_kept_seen": float(np.mean([r["label_kept"] for r in rows if r["source_seen"]] or [np.nan])),
         "others_kept": float(np.mean([r["others_kept"] for r in rows])),
         "closer_to_gt": float(np.mean([r["mse_gt"] < r["mse_src"] for r in rows])),
         "mse_gt": float(np.mean([r["mse_gt"] for r in rows])),
@@ -259,7 +266,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def print_table(table: dict) -> None:
-    cols = ["n", "psnr_rec", "success", "label_kept", "others_kept", "closer_to_gt", "mse_gt", "mse_src",
+    cols = ["n", "psnr_rec", "success", "label_kept", "label_kept_seen", "others_kept", "closer_to_gt", "mse_gt", "mse_src",
             "accept", "filter_precision", "filter_recall"]
     print("\n| inverter | edit type | " + " | ".join(cols) + " |")
     print("|" + "---|" * (len(cols) + 2))
