@@ -192,7 +192,7 @@ class WorldClipModule(L.LightningModule):
         """Zero-shot class accuracy with the grammar's prompt ensemble (see `src.world.models.class_prompts`)."""
         from src.world.models import zero_shot_weights
 
-        txt = zero_shot_weights(self.model, self.tokenizer, per_class=16)
+        txt = zero_shot_weights(self.model, self.tokenizer)
         return ((img @ txt.T.to(img)).argmax(1) == labels).float().mean()
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

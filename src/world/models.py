@@ -47,33 +47,32 @@ def world_clip_encoder(path: str | Path = WORLD_CLIP_PATH, device: str = "cpu"):
     return ClipEncoder(model_name=f"local-dir:{folder.resolve()}", pretrained=None, device=device)
 
 
-def class_prompts(per_class: int = 32, seed: int = 0) -> dict[str, list[str]]:
-    """World captions per class with the other factors drawn at random: the prompt ensemble for zero-shot.
+def class_prompts() -> dict[str, list[str]]:
+    """Zero-shot prompts per class: 'a {shape}' and 'a {domain} of a {shape}' for every domain of the grammar
+    (CLIP's template ensembling, with the world's own caption phrases as templates).
 
-    world_clip was trained on full captions only, so a bare "a photo of a circle" is out of distribution
-    for it; averaging the embeddings of full captions marginalises the nuisance factors instead (CLIP's
-    prompt ensembling, with the world grammar as templates).
+    world_clip trains on partial captions too ('a star', 'a sketch of a star at night'), so short prompts
+    are in its distribution. Measured on 512 fresh renders with the committed model: this ensemble 0.875,
+    'a {shape}' alone 0.869, 32 full captions per class with random other factors 0.816.
     """
-    import numpy as np
+    from src.world.grammar import CLASSES, DOMAINS, Factors, caption
 
-    from src.world.grammar import CLASSES, VOCABULARY, Factors, caption
-
-    rng = np.random.default_rng(seed)
     out = {}
     for shape in CLASSES:
-        out[shape] = [caption(Factors(**{k: (shape if k == "shape" else v[rng.integers(len(v))])
-                                         for k, v in VOCABULARY.items()})) for _ in range(per_class)]
+        f = Factors(shape=shape, colour="red", pattern="plain", size="small", background="grass", weather="clear",
+                    domain="photo", object="tree", subject="person")
+        out[shape] = [caption(f, {"shape"})] + [caption(f.replace(domain=d), {"shape", "domain"}) for d in DOMAINS]
     return out
 
 
 @torch.no_grad()
-def zero_shot_weights(model, tokenizer, per_class: int = 32, seed: int = 0) -> torch.Tensor:
+def zero_shot_weights(model, tokenizer) -> torch.Tensor:
     """(num_classes x embed_dim) unit-norm class embeddings of an open_clip model from `class_prompts`."""
     import torch.nn.functional as F
 
     rows = []
     device = next(model.parameters()).device
-    for prompts in class_prompts(per_class, seed).values():
+    for prompts in class_prompts().values():
         f = F.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
         rows.append(F.normalize(f.mean(0), dim=-1))
     return torch.stack(rows)
