@@ -17,7 +17,7 @@ from tests.conftest import compose_config
 
 requires_clip = pytest.mark.skipif(not (WORLD_CLIP_PATH / "open_clip_config.json").is_file(),
                                    reason="assets/world/clip not built")
-requires_vae = pytest.mark.skipif(not (WORLD_VAE_PATH / "config.json").is_file(), reason="assets/world/vae not built")
+requires_vae = pytest.mark.skipif(not (WORLD_VAE_PATH / "config.json").is_file(), reason="assets/world/ldm/vae not built")
 requires_ldm = pytest.mark.skipif(not (WORLD_PIPELINE_PATH / "model_index.json").is_file(),
                                   reason="assets/world/ldm not built")
 
@@ -33,9 +33,6 @@ def fresh_renders(n: int, seed: int = 12345) -> tuple[np.ndarray, list[Factors]]
 
 # ---------------------------------------------------------------------------------------------- world_clip
 @requires_clip
-@pytest.mark.xfail(reason="issue target 0.90 not reached: the committed world_clip scores 0.21 (chance "
-                          "0.125); its image tower barely encodes the shape after ~20 CPU-minutes of training",
-                   strict=False)
 def test_world_clip_zero_shot_class_accuracy(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # loading must not need the network
     model, tokenizer, preprocess = load_world_clip()
@@ -43,23 +40,25 @@ def test_world_clip_zero_shot_class_accuracy(monkeypatch):
     x = torch.stack([preprocess(Image.fromarray(a)) for a in images])
     with torch.no_grad():
         img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
-        txt = zero_shot_weights(model, tokenizer)  # prompt ensemble over the world grammar
+        txt = zero_shot_weights(model, tokenizer)  # template ensemble over the world grammar
     pred = (img @ txt.T).argmax(1)
     labels = torch.tensor([f.label for f in factors])
     acc = (pred == labels).float().mean().item()
+    # Measured: 0.953 on these 64, 0.904 on 512 fresh renders (chance 0.125).
     assert acc >= 0.90, f"zero-shot class accuracy {acc:.3f} on 64 fresh renders"
 
 
 @requires_clip
 def test_world_clip_tells_single_factor_edits_apart():
     """The true caption scores above the caption with one factor swapped (what retrieval captioning and
-    the consistency checks rely on). Measured on 256 renders: colour 0.98, background 1.0, weather 0.99,
-    domain 1.0, pattern 0.97, size 0.96, shape 0.90, object 0.83, subject 0.75."""
+    the consistency checks rely on). Measured on 256 renders: shape 0.99, colour 1.0, pattern 0.75,
+    size 0.99, background 1.0, weather 1.0, domain 1.0, object 0.98, subject 1.0."""
     model, tokenizer, preprocess = load_world_clip()
     images, factors = fresh_renders(64, seed=7)
     x = torch.stack([preprocess(Image.fromarray(a)) for a in images])
     rng = np.random.default_rng(0)
-    bounds = {"colour": 0.9, "background": 0.9, "weather": 0.9, "domain": 0.9, "shape": 0.75}
+    bounds = {"shape": 0.9, "colour": 0.9, "size": 0.9, "background": 0.9, "weather": 0.9, "domain": 0.9,
+              "object": 0.9, "subject": 0.9}
     with torch.no_grad():
         img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
         true = torch.nn.functional.normalize(model.encode_text(tokenizer([caption(f) for f in factors])), dim=-1)
@@ -126,10 +125,11 @@ def test_world_vae_reconstruction_psnr(monkeypatch):
     with torch.no_grad():
         z = vae.encode(x).latent_dist.mode()
         rec = vae.decode(z).sample
-    assert z.shape[1:] == (4, 8, 8)
+    assert z.shape[1:] == (4, 16, 16)
     # Latents scaled by scaling_factor are roughly unit variance (what the diffusion model was trained on).
     assert 0.5 < (z * vae.config.scaling_factor).std().item() < 2.0
-    assert psnr(rec, x).item() >= 18.0  # measured 18.6 dB on fresh renders; see assets/world/README.md
+    value = psnr(rec, x).item()
+    assert value >= 26.0, f"world_vae reconstruction PSNR {value:.2f} dB"  # measured 26.8 dB on these 32
 
 
 # ---------------------------------------------------------------------------------------------- world_ldm
@@ -150,7 +150,7 @@ def test_world_pipeline_inversion_and_edit_run_offline(monkeypatch):
         source = caption(f)
         target = caption(f.replace(background="snow" if f.background != "snow" else "sand"))
         inversion = inverter.invert(Image.fromarray(image), source)
-        assert inversion.latents.shape == (5, 4, 8, 8) and torch.isfinite(inversion.latents).all()
+        assert inversion.latents.shape == (5, 4, 16, 16) and torch.isfinite(inversion.latents).all()
         out = editor.edit(inversion, source, [target], [0.6])
         for im in [out.reconstruction, out.candidates[0][0][1]]:
             arr = np.asarray(im)
@@ -275,3 +275,17 @@ def test_world_clip_lock_text_trains_the_image_tower_alone(tiny_assets):
     assert all(p.requires_grad for p in model.visual.parameters())
     with pytest.raises(ValueError, match="init_from"):
         WorldClipModule(16, vision, text, optimizer=None, lock_text=True)
+
+
+def test_compact_json_keeps_the_content(tmp_path):
+    import json
+
+    from src.modules.world_ldm import compact_json
+
+    data = {"model": {"vocab": {f"tok{i}": i for i in range(50)}}, "added_tokens": [{"id": 1, "content": "<|é|>"}]}
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    before = path.stat().st_size
+    compact_json(path)
+    assert json.loads(path.read_text(encoding="utf-8")) == data
+    assert path.stat().st_size < before * 0.8

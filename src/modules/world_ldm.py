@@ -13,7 +13,9 @@ safetensors): `StableDiffusionPipeline.from_pretrained(folder)` and the generati
 from __future__ import annotations
 
 import copy
+import json
 import logging
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning as L
@@ -34,6 +36,13 @@ def build_unet(unet_cfg: dict):
 
     cfg = {k: (tuple(v) if isinstance(v, (list, tuple)) else v) for k, v in dict(unet_cfg).items()}
     return UNet2DConditionModel(**cfg)
+
+
+def compact_json(path: Path) -> None:
+    """Rewrite a JSON file without indentation (the tokenizer's 3.6 MB become 1.7 MB; same content)."""
+    if path.is_file():
+        path.write_text(json.dumps(json.loads(path.read_text(encoding="utf-8")), ensure_ascii=False,
+                                   separators=(",", ":")), encoding="utf-8")
 
 
 class WorldLdmModule(L.LightningModule):
@@ -148,6 +157,7 @@ class WorldLdmModule(L.LightningModule):
     def on_fit_end(self) -> None:
         if self.export_dir and not self.trainer.fast_dev_run:
             self.pipeline().save_pretrained(self.export_dir, safe_serialization=True)
+            compact_json(Path(self.export_dir) / "tokenizer" / "tokenizer.json")
             log.info("exported world_ldm pipeline to %s", self.export_dir)
 
     def configure_optimizers(self) -> Any:

@@ -16,7 +16,8 @@ import torch
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "world"
 WORLD_CLIP_PATH = ASSETS / "clip"
-WORLD_VAE_PATH = ASSETS / "vae"
+# The VAE lives once, inside the pipeline folder (a standalone copy would push the assets past 50 MB).
+WORLD_VAE_PATH = ASSETS / "ldm" / "vae"
 WORLD_PIPELINE_PATH = ASSETS / "ldm"
 
 
