@@ -121,11 +121,13 @@ def main() -> None:
     vae_psnr = vae_reconstruction_psnr(diffusion, iid.images[:args.sources])
     print(f"world_vae reconstruction PSNR on {args.sources} sources: {vae_psnr:.2f} dB (ceiling for inversion)")
     speed = None
+    costs: dict[str, dict] = {}
     for inv_name in args.inverters:
         inverter = build_inverter(inv_name, diffusion, args.guidance, args.null_inner_steps)
         n_src = min(args.sources, args.null_text_sources) if inv_name == "null_text" else args.sources
         rows = defaultdict(list)
         start, accepted_total = time.perf_counter(), 0
+        unet_inversion = unet_editing = 0
         sources = iid.records.iloc[:n_src]
         for _, src in tqdm(list(sources.iterrows()), desc=inv_name):
             src_img = iid.images[iid_index[src["id"]]]
@@ -133,6 +135,8 @@ def main() -> None:
             src_seen = bool(probe.predict(src_img[None])["shape"][0] == int(src["label"]))
             inversion = inverter.invert(Image.fromarray(src_img), src["caption"])
             out = editor.edit(inversion, src["caption"], list(edits["caption"]), list(args.fractions))
+            unet_inversion += inversion.cost.unet_evals
+            unet_editing += out.cost.unet_evals
             rec = np.asarray(out.reconstruction)
             for (ei, edit), cands in zip(edits.iterrows(), out.candidates):
                 verdicts = consistency.score(Image.fromarray(src_img), src["caption"], edit["caption"],
@@ -156,12 +160,19 @@ def main() -> None:
         table[inv_name] = {t: summarise(v) for t, v in rows.items()}
         table[inv_name]["all"] = summarise([r for v in rows.values() for r in v])
         table[inv_name]["all"]["seconds"] = elapsed
+        costs[inv_name] = {"sources": n_src, "seconds_per_image": elapsed / n_src,
+                           "unet_inversion_per_image": unet_inversion / n_src,
+                           "unet_editing_per_image": unet_editing / n_src}
         if inv_name == args.inverters[0]:  # the speed figure: the first inverter listed
             per_accepted = elapsed / max(accepted_total, 1)
             speed = {"edits": n_edits, "accepted": accepted_total, "seconds": elapsed,
                      "seconds_per_accepted": per_accepted, "projected_200_s": 200 * per_accepted}
 
     print_table(table)
+    print("\ncost per source image (5 edits x fractions, one batched p2p sweep; UNet calls count a batched forward once):")
+    for inv, c in costs.items():
+        print(f"  {inv}: {c['unet_inversion_per_image']:.0f} UNet calls to invert + {c['unet_editing_per_image']:.0f} "
+              f"to edit, {c['seconds_per_image']:.2f} s per image ({c['sources']} images)")
     print("\nmedian consistency scores (directional, image, image-text, text margin) per inverter:")
     for inv, per_type in table.items():
         a = per_type["all"]
@@ -174,7 +185,7 @@ def main() -> None:
               f"{speed['projected_200_s'] / SPEED_TARGET_S:.2f})")
     print(f"peak resident memory {peak_gb:.2f} GB (target {MEMORY_TARGET_GB} GB)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"table": table, "speed": speed, "peak_gb": peak_gb, "vae_psnr": vae_psnr,
+        Path(args.json).write_text(json.dumps({"table": table, "costs": costs, "speed": speed, "peak_gb": peak_gb, "vae_psnr": vae_psnr,
                                                "text_to_image": t2i,
                                                "probe_accuracy": probe_acc, "args": vars(args)}, indent=2))
 
