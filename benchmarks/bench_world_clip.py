@@ -26,12 +26,6 @@ sys.path.insert(0, str(ROOT))
 FRESH_SEED = 12345  # no training split uses it
 
 
-@torch.no_grad()
-def class_embeddings(model, tokenizer, prompts_per_class: list[list[str]]) -> torch.Tensor:
-    rows = [F.normalize(F.normalize(model.encode_text(tokenizer(p)), dim=-1).mean(0), dim=-1) for p in prompts_per_class]
-    return torch.stack(rows)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clip", default=str(ROOT / "assets/world/clip"))
@@ -54,15 +48,15 @@ def main() -> None:
     img = torch.cat([embed(images[i:i + 256]) for i in range(0, len(images), 256)])
     labels = torch.tensor([f.label for f in factors])
     rng = np.random.default_rng(0)
-    full = [[caption(Factors(**{k: (c if k == "shape" else v[rng.integers(len(v))]) for k, v in VOCABULARY.items()}))
-             for _ in range(32)] for c in CLASSES]
-    prompt_sets = {"template ensemble (class_prompts)": None, "'a {shape}'": [[f"a {c}"] for c in CLASSES],
+    full = {c: [caption(Factors(**{k: (c if k == "shape" else v[rng.integers(len(v))]) for k, v in VOCABULARY.items()}))
+                for _ in range(32)] for c in CLASSES}
+    prompt_sets = {"template ensemble (class_prompts)": None, "'a {shape}'": {c: [f"a {c}"] for c in CLASSES},
                    "32 full captions per class": full}
     out: dict = {"zero_shot": {}, "caption_swap": {}, "linear_probe": {}}
     head = img[:args.n]
     print(f"zero-shot class accuracy on {args.n} fresh renders (chance {1 / len(CLASSES):.3f}):")
     for name, prompts in prompt_sets.items():
-        weights = zero_shot_weights(model, tokenizer) if prompts is None else class_embeddings(model, tokenizer, prompts)
+        weights = zero_shot_weights(model, tokenizer, prompts)
         acc = float(((head @ weights.T).argmax(1) == labels[:args.n]).float().mean())
         out["zero_shot"][name] = acc
         print(f"  {name}: {acc:.3f}")

@@ -132,7 +132,7 @@ def main() -> None:
         for _, src in tqdm(list(sources.iterrows()), desc=inv_name):
             src_img = iid.images[iid_index[src["id"]]]
             edits = cf.records[cf.records["source_id"] == src["id"]]
-            src_seen = bool(probe.predict(src_img[None])["shape"][0] == int(src["label"]))
+            src_seen = probe_sees_class(probe, src_img, src)
             inversion = inverter.invert(Image.fromarray(src_img), src["caption"])
             out = editor.edit(inversion, src["caption"], list(edits["caption"]), list(args.fractions))
             unet_inversion += inversion.cost.unet_evals
@@ -201,13 +201,18 @@ def judge(probe, x_edit: np.ndarray, src, factor: str, value: str) -> tuple[bool
     return success, label_kept, float(np.mean([VOCABULARY[k][pred[k][0]] == src[k] for k in others]))
 
 
+def probe_sees_class(probe, image: np.ndarray, src) -> bool:
+    """Whether the probe reads the source's class in `image` (H x W x 3 uint8)."""
+    return bool(probe.predict(image[None])["shape"][0] == int(src["label"]))
+
+
 def ground_truth_rows(probe, consistency, iid, cf, iid_index, n_sources: int) -> dict:
     """The probe and the consistency controller on the renderer's exact counterfactuals: the ceiling of
     every judged metric, and how often the controller accepts a perfect edit."""
     rows = defaultdict(list)
     for _, src in iid.records.iloc[:n_sources].iterrows():
         src_img = iid.images[iid_index[src["id"]]]
-        src_seen = bool(probe.predict(src_img[None])["shape"][0] == int(src["label"]))
+        src_seen = probe_sees_class(probe, src_img, src)
         for ei, edit in cf.records[cf.records["source_id"] == src["id"]].iterrows():
             success, label_kept, others_kept = judge(probe, cf.images[ei], src, edit["factor"], edit["edited_value"])
             verdict = consistency.score(Image.fromarray(src_img), src["caption"], edit["caption"],

@@ -67,13 +67,14 @@ def class_prompts() -> dict[str, list[str]]:
 
 
 @torch.no_grad()
-def zero_shot_weights(model, tokenizer) -> torch.Tensor:
-    """(num_classes x embed_dim) unit-norm class embeddings of an open_clip model from `class_prompts`."""
+def zero_shot_weights(model, tokenizer, prompts: dict[str, list[str]] | None = None) -> torch.Tensor:
+    """(num_classes x embed_dim) unit-norm class embeddings of an open_clip model: the mean of each class's
+    prompt embeddings (`prompts`, class name -> prompts; default `class_prompts()`)."""
     import torch.nn.functional as F
 
     rows = []
     device = next(model.parameters()).device
-    for prompts in class_prompts().values():
+    for prompts in (prompts or class_prompts()).values():
         f = F.normalize(model.encode_text(tokenizer(prompts).to(device)).float(), dim=-1)
         rows.append(F.normalize(f.mean(0), dim=-1))
     return torch.stack(rows)

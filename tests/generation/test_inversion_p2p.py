@@ -115,12 +115,13 @@ def test_direct_inversion_reconstructs_exactly_where_ddim_drifts(model, image):
     assert torch.equal(direct.latents, ddim.latents) and direct.cost.unet_evals == ddim.cost.unet_evals
     editor = PromptToPromptEditor(model, guidance_scale=7.5)
     target = "a photo of a blue star on green grass"
-    rec_direct = np.asarray(editor.edit(direct, SRC, [target], [0.5]).reconstruction).astype(int)
+    out_direct = editor.edit(direct, SRC, [target], [0.5])
     out_ddim = editor.edit(ddim, SRC, [target], [0.5])
+    rec_direct = np.asarray(out_direct.reconstruction).astype(int)
     decoded_x0 = np.asarray(model.decode(direct.latents[:1])[0]).astype(int)
     assert np.abs(rec_direct - decoded_x0).max() <= 1
     assert np.abs(np.asarray(out_ddim.reconstruction).astype(int) - decoded_x0).max() > 1
-    edited = np.asarray(editor.edit(direct, SRC, [target], [0.5]).candidates[0][0][1]).astype(int)
+    edited = np.asarray(out_direct.candidates[0][0][1]).astype(int)
     assert np.abs(edited - rec_direct).max() > 1
 
 
